@@ -1,0 +1,77 @@
+"""The AdmissionReview protocol: decode a review, decide, encode the answer in the version it came in.
+
+Shared by every front end that takes a review (the HTTPS service and `sidecar-webhook review`), so
+they answer byte for byte alike.
+"""
+
+import base64
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from webhook.decision import Decision
+from webhook.engine import MalformedObject, decide
+from webhook.envelope import AdmissionRequest, AdmissionReview, error_details
+from webhook.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What to send back: an HTTP status and a JSON body, and what the logs and metrics need."""
+
+    status_code: int
+    body: bytes
+    request: AdmissionRequest | None = None
+    decision: Decision | None = None
+    error: str = ""  # why a call was refused (4xx) or failed inside (internal error)
+    internal_error: BaseException | None = None
+
+
+def review(body: bytes, settings: Settings) -> Reply:
+    """Answer one AdmissionReview given as JSON bytes. Never raises."""
+    try:
+        envelope = AdmissionReview.model_validate_json(body)
+    except ValidationError as error:
+        return refuse(400, "the body is not a valid AdmissionReview", error_details(error))
+    request = envelope.request
+    try:
+        decision = decide(request, settings)
+    except MalformedObject as error:
+        return refuse(400, "request.object is not a valid Pod", error.details, request)
+    except Exception as error:  # a bug: answer, don't crash; the caller logs it with the uid
+        decision = Decision(allowed=False, reason="internal-error", message=_INTERNAL_ERROR)
+        body = encode(envelope.api_version, request.uid, decision, code=500)
+        return Reply(200, body, request, decision, f"{type(error).__name__}: {error}", error)
+    return Reply(200, encode(envelope.api_version, request.uid, decision), request, decision)
+
+
+_INTERNAL_ERROR = "sidecar-webhook failed on this pod (an internal error); its logs name the request uid"
+
+
+def encode(api_version: str, uid: str, decision: Decision, *, code: int = 400) -> bytes:
+    """The AdmissionReview response; patch and patchType only when there are operations."""
+    response: dict[str, Any] = {"uid": uid, "allowed": decision.allowed}
+    if decision.patch:
+        response["patchType"] = "JSONPatch"
+        response["patch"] = base64.b64encode(_dumps(list(decision.patch))).decode("ascii")
+    if not decision.allowed:
+        reason = "InternalError" if code >= 500 else "BadRequest"
+        response["status"] = {"code": code, "reason": reason, "message": decision.message}
+    if decision.warnings:
+        response["warnings"] = list(decision.warnings)
+    return _dumps({"apiVersion": api_version, "kind": "AdmissionReview", "response": response})
+
+
+def refuse(
+    status_code: int, error: str, details: Sequence[str] = (), request: AdmissionRequest | None = None
+) -> Reply:
+    """A broken call: an HTTP error with a JSON body saying what is wrong."""
+    body = _dumps({"error": error, "details": list(details)})
+    return Reply(status_code, body, request, error=error)
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()

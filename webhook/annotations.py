@@ -1,0 +1,129 @@
+"""The annotation contract: the names a pod author writes, and a table of parsers for their values."""
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import PurePosixPath
+from typing import Any
+
+from webhook.settings import Settings
+
+LOG_PATH = "sidecar.example/log-path"
+CONTAINERS = "sidecar.example/containers"
+MODE = "sidecar.example/mode"
+INJECTED = "sidecar.example/injected"
+
+MAX_LOG_PATHS = 8
+# Linux PATH_MAX: no longer path can be opened, so a longer value is a mistake, not a log file.
+MAX_PATH_BYTES = 4096
+# The ServiceAccount admission plugin owns this directory: the sidecar mounts an empty volume there
+# to keep the token out, so no log directory may be at or below it.
+SERVICE_ACCOUNT_DIR = PurePosixPath("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+class Mode(StrEnum):
+    AUTO = "auto"
+    CLASSIC = "classic"
+    NATIVE = "native"
+
+
+class AnnotationError(ValueError):
+    """An annotation value the webhook refuses; the message names the annotation, value and expectation."""
+
+    def __init__(self, annotation: str, value: object, problem: str, expected: str) -> None:
+        super().__init__(f"annotation {annotation}: {_quote(value)} {problem}; expected {expected}")
+
+
+def _quote(value: object, limit: int = 200) -> str:
+    """The value as JSON, so control characters stay visible and one log line stays one line."""
+    text = json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "…(truncated)"
+
+
+@dataclass(frozen=True, slots=True)
+class LogRequest:
+    """What the pod author asked for, parsed and checked against everything but the pod itself."""
+
+    files: tuple[PurePosixPath, ...]
+    containers: tuple[str, ...] | None  # None: every app container
+    mode: Mode
+
+
+_PATHS_EXPECTED = 'one or more absolute file paths separated by commas, e.g. "/var/log/app.log"'
+
+
+def _split(annotation: str, value: object, expected: str) -> list[str]:
+    if not isinstance(value, str):
+        raise AnnotationError(annotation, value, "is not a string", expected)
+    items = [item.strip() for item in value.split(",")]
+    if not any(items):
+        raise AnnotationError(annotation, value, "is empty", expected)
+    if not all(items):
+        raise AnnotationError(annotation, value, "has an empty entry between commas", expected)
+    return list(dict.fromkeys(items))  # duplicates collapsed, order kept
+
+
+def _check_file(raw: str, value: str, settings: Settings) -> PurePosixPath:
+    # Name the offending entry only when the value holds more than one.
+    subject = "" if raw == value.strip() else f"has {_quote(raw)}, which "
+
+    def refuse(problem: str) -> AnnotationError:
+        return AnnotationError(LOG_PATH, value, subject + problem, _PATHS_EXPECTED)
+
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in raw):
+        raise refuse("has a control character")
+    if not raw.startswith("/"):
+        raise refuse("is not an absolute path")
+    if raw.endswith("/"):
+        raise refuse("ends with '/', so names a directory, not a file")
+    if len(raw.encode()) > MAX_PATH_BYTES:
+        raise refuse(f"is longer than {MAX_PATH_BYTES} bytes")
+    if any(segment in ("", ".", "..") for segment in raw.split("/")[1:]):
+        raise refuse("has an empty, '.' or '..' segment")
+    file = PurePosixPath(raw)
+    directory = file.parent
+    if str(directory) in settings.protected_dirs:
+        raise refuse(f"puts the log directory at {directory}, a protected directory")
+    for tree in (*settings.protected_trees, str(SERVICE_ACCOUNT_DIR)):
+        if directory == PurePosixPath(tree) or PurePosixPath(tree) in directory.parents:
+            raise refuse(f"puts the log directory under {tree}, a protected directory")
+    return file
+
+
+def parse_log_paths(value: object, settings: Settings) -> tuple[PurePosixPath, ...]:
+    entries = _split(LOG_PATH, value, _PATHS_EXPECTED)
+    assert isinstance(value, str)  # _split refused anything else
+    if len(entries) > MAX_LOG_PATHS:
+        raise AnnotationError(
+            LOG_PATH, value, f"has {len(entries)} paths", f"at most {MAX_LOG_PATHS} ({_PATHS_EXPECTED})"
+        )
+    return tuple(_check_file(entry, value, settings) for entry in entries)
+
+
+def parse_container_names(value: object, settings: Settings) -> tuple[str, ...]:
+    return tuple(_split(CONTAINERS, value, "container names from spec.containers separated by commas"))
+
+
+def parse_mode(value: object, settings: Settings) -> Mode:
+    choices = ", ".join(m.value for m in Mode)
+    if not isinstance(value, str) or value.strip() not in {m.value for m in Mode}:
+        raise AnnotationError(MODE, value, "is not a known mode", f"one of {choices}")
+    return Mode(value.strip())
+
+
+# annotation -> (parser, value when the annotation is absent)
+_PARSERS: dict[str, tuple[Callable[[object, Settings], Any], Any]] = {
+    LOG_PATH: (parse_log_paths, ()),
+    CONTAINERS: (parse_container_names, None),
+    MODE: (parse_mode, Mode.AUTO),
+}
+
+
+def parse(annotations: Mapping[str, str], settings: Settings) -> LogRequest:
+    """Parse every annotation of the contract; raise AnnotationError for the first bad one."""
+    values = {
+        name: parser(annotations[name], settings) if name in annotations else default
+        for name, (parser, default) in _PARSERS.items()
+    }
+    return LogRequest(files=values[LOG_PATH], containers=values[CONTAINERS], mode=values[MODE])

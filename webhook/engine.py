@@ -1,0 +1,216 @@
+"""The engine: from an admission request (or a bare pod) and the settings to a Decision. No I/O.
+
+The engine is convergent: it compares what the annotation asks for with what the pod already has
+and adds only what is missing. Run on its own output it finds nothing missing, which is what makes
+the API server's reinvocation (after the built-in plugins change the pod) safe.
+"""
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import PurePosixPath
+from typing import Any
+
+from pydantic import ValidationError
+
+from webhook import annotations
+from webhook.annotations import CONTAINERS, INJECTED, LOG_PATH, MODE, AnnotationError, LogRequest, Mode
+from webhook.decision import Decision
+from webhook.envelope import AdmissionRequest, error_details
+from webhook.naming import sidecar_base_name, unique_name
+from webhook.patch import Operation, add, extend, pointer
+from webhook.pod import Container, Pod, PodSpec, VolumeMount
+from webhook.settings import Settings
+from webhook.sidecar import (
+    LOG_VOLUME,
+    NO_TOKEN_VOLUME,
+    log_mount,
+    no_token_mount,
+    sidecar_container,
+    tail_command,
+)
+
+# Pods that are meant to finish: a classic sidecar never exits, so such a pod never completes.
+_RUN_TO_COMPLETION = frozenset({"Never", "OnFailure"})
+
+WINDOWS_WARNING = f"{LOG_PATH} ignored: Windows pods get no log sidecar (its busybox image is Linux-only)"
+
+
+class MalformedObject(ValueError):
+    """The object isn't shaped like a Pod: the caller's mistake (an HTTP 400), not the pod author's."""
+
+    def __init__(self, details: list[str]) -> None:
+        super().__init__("; ".join(details))
+        self.details = details
+
+
+def decide(request: AdmissionRequest, settings: Settings) -> Decision:
+    """The whole admission decision for one request."""
+    if request.operation != "CREATE":
+        return Decision.allow("not-create")
+    if (request.kind.group, request.kind.kind) != ("", "Pod") or request.sub_resource:
+        return Decision.allow("not-a-pod")
+    return decide_pod(request.object or {}, settings)
+
+
+def decide_pod(obj: Mapping[str, Any], settings: Settings) -> Decision:
+    """The decision for a pod being created; raises MalformedObject if `obj` isn't Pod-shaped."""
+    try:
+        pod = Pod.model_validate(obj)
+    except ValidationError as error:
+        raise MalformedObject(error_details(error)) from None
+    found = pod.metadata.annotations or {}
+    if LOG_PATH not in found:
+        return Decision.allow("no-annotation")
+    if pod.spec.os is not None and pod.spec.os.name == "windows":
+        return Decision.allow("windows", (WINDOWS_WARNING,))
+    try:
+        return _inject(pod.spec, found, annotations.parse(found, settings), settings)
+    except AnnotationError as error:
+        return Decision.deny(str(error), "invalid-annotation")
+
+
+def _inject(spec: PodSpec, found: Mapping[str, str], wanted: LogRequest, settings: Settings) -> Decision:
+    containers = spec.containers or []
+    restart_policy = spec.restart_policy or "Always"
+    run_to_completion = restart_policy in _RUN_TO_COMPLETION
+    native = wanted.mode is Mode.NATIVE or (wanted.mode is Mode.AUTO and run_to_completion)
+    warnings: tuple[str, ...] = ()
+    if wanted.mode is Mode.CLASSIC and run_to_completion:
+        warnings = (
+            f"{MODE}=classic on a pod with restartPolicy {restart_policy}: the pod will not complete "
+            "while the sidecar runs (use native or auto)",
+        )
+
+    existing = _existing_sidecars([*containers, *(spec.init_containers or [])], wanted.files)
+    targets = _targets(containers, wanted.containers, found.get(CONTAINERS, ""), set(existing.values()))
+    taken = _names_in_use(spec)
+
+    new_volumes: list[dict[str, Any]] = []
+    new_mounts: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    volume_at: dict[PurePosixPath, tuple[str, str]] = {}
+    for directory in dict.fromkeys(file.parent for file in wanted.files):
+        shared = _shared_volume(directory, targets, found[LOG_PATH])
+        if shared is None:
+            shared = (unique_name(LOG_VOLUME, taken), "")
+            new_volumes.append({"name": shared[0], "emptyDir": {}})
+        volume_at[directory] = shared
+        for index, container in targets:
+            if _covering_mount(container, directory) is None:
+                new_mounts[index].append(log_mount(shared[0], directory, shared[1], read_only=False))
+
+    new_sidecars: list[dict[str, Any]] = []
+    no_token_volume = ""
+    for file in wanted.files:
+        if file in existing:
+            continue
+        volume, sub_path = volume_at[file.parent]
+        mounts = [log_mount(volume, file.parent, sub_path, read_only=True)]
+        # With automount off at pod level the plugin adds no token, so there is nothing to keep out.
+        if spec.automount_service_account_token is not False:
+            if not no_token_volume:
+                no_token_volume = unique_name(NO_TOKEN_VOLUME, taken)
+                new_volumes.append({"name": no_token_volume, "emptyDir": {}})
+            mounts.append(no_token_mount(no_token_volume))
+        name = unique_name(sidecar_base_name(file), taken)
+        existing[file] = name
+        new_sidecars.append(sidecar_container(name, file, mounts, native=native, settings=settings))
+
+    ops: list[Operation] = extend(pointer("spec", "volumes"), spec.volumes is not None, new_volumes)
+    for index, mounts in new_mounts.items():
+        path = pointer("spec", "containers", index, "volumeMounts")
+        ops += extend(path, containers[index].volume_mounts is not None, mounts)
+    if native:
+        ops += extend(pointer("spec", "initContainers"), spec.init_containers is not None, new_sidecars, at=0)
+    else:
+        ops += extend(pointer("spec", "containers"), spec.containers is not None, new_sidecars)
+    marker = ",".join(dict.fromkeys(existing[file] for file in wanted.files))
+    if found.get(INJECTED) != marker:
+        ops.append(add(pointer("metadata", "annotations", INJECTED), marker))
+
+    if not ops:
+        return Decision.allow("already-injected")
+    return Decision.patched(ops, "injected", warnings)
+
+
+def _existing_sidecars(containers: Sequence[Container], files: Sequence[PurePosixPath]) -> dict[PurePosixPath, str]:
+    """Containers that already tail a requested file, by file: the sidecars a first pass added."""
+    by_command = {tuple(tail_command(file)): file for file in files}
+    found: dict[PurePosixPath, str] = {}
+    for container in containers:
+        file = by_command.get(tuple(container.command or ()))
+        if file is not None:
+            found.setdefault(file, container.name)
+    return found
+
+
+def _targets(
+    containers: Sequence[Container], names: tuple[str, ...] | None, value: str, sidecars: set[str]
+) -> list[tuple[int, Container]]:
+    """The app containers that get the log mount, with their index in spec.containers."""
+    if names is None:
+        return [(i, c) for i, c in enumerate(containers) if c.name not in sidecars]
+    index: dict[str, int] = {}
+    for i, container in enumerate(containers):
+        index.setdefault(container.name, i)
+    missing = [name for name in names if name not in index]
+    if missing:
+        raise AnnotationError(
+            CONTAINERS,
+            value,
+            f"names {', '.join(missing)}, which the pod does not have in spec.containers",
+            f"names from spec.containers ({', '.join(index) or 'none'})",
+        )
+    return [(index[name], containers[index[name]]) for name in names]
+
+
+def _names_in_use(spec: PodSpec) -> set[str]:
+    groups = (spec.containers, spec.init_containers, spec.ephemeral_containers, spec.volumes)
+    return {item.name for group in groups for item in group or ()}
+
+
+def _covering_mount(container: Container, directory: PurePosixPath) -> VolumeMount | None:
+    """The container's mount that holds `directory`: at it, or else at its nearest parent."""
+    best: VolumeMount | None = None
+    depth = -1
+    for mount in container.volume_mounts or ():
+        path = PurePosixPath(mount.mount_path)
+        if (path == directory or path in directory.parents) and len(path.parts) > depth:
+            best, depth = mount, len(path.parts)
+    return best
+
+
+def _shared_volume(
+    directory: PurePosixPath, targets: Sequence[tuple[int, Container]], value: str
+) -> tuple[str, str] | None:
+    """The (volume, subPath) that the target containers already have at `directory`, if any.
+
+    Mounts are compared by what they show at the directory: volume V mounted at /var/log and the
+    same V mounted at /var are one place, (V, "log") in the second case; the sidecar and any target
+    without a mount then mount that place at the directory itself.
+    """
+    places: dict[tuple[str, str], str] = {}
+    for _, container in targets:
+        mount = _covering_mount(container, directory)
+        if mount is None:
+            continue
+        if mount.sub_path_expr:
+            raise AnnotationError(
+                LOG_PATH,
+                value,
+                f"has its directory {directory} on volume {mount.name!r} of container {container.name!r}, "
+                "mounted with subPathExpr, which the sidecar cannot reproduce",
+                "a log directory on a volume mounted with a plain subPath or none",
+            )
+        relative = directory.relative_to(mount.mount_path)
+        sub_path = "/".join(p for p in (mount.sub_path.strip("/"), str(relative)) if p not in ("", "."))
+        places.setdefault((mount.name, sub_path), container.name)
+    if len(places) > 1:
+        seen = "; ".join(f"container {c!r} has volume {v!r}" + (f" subPath {s!r}" if s else "")
+                         for (v, s), c in places.items())
+        raise AnnotationError(
+            LOG_PATH,
+            value,
+            f"has its directory {directory} on different volumes in the target containers ({seen})",
+            "the target containers to share one volume at the log directory, or to have none there",
+        )
+    return next(iter(places), None)

@@ -1,0 +1,35 @@
+"""Prometheus metrics of the service, in a registry of its own (one per app, nothing global)."""
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+# The API server waits for us on every opted-in pod creation: what matters is the
+# milliseconds, up to the webhook timeout of a few seconds.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.reviews = Counter(
+            "sidecar_webhook_reviews",
+            "AdmissionReviews answered, by decision (allowed, patched, denied) and reason.",
+            ["decision", "reason"],
+            registry=self.registry,
+        )
+        self.refused_calls = Counter(
+            "sidecar_webhook_refused_calls",
+            "Calls to /mutate refused with an HTTP error (malformed, wrong type, too large), by status.",
+            ["status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "sidecar_webhook_review_duration_seconds",
+            "Time to answer a call to /mutate, from its first byte read to its answer built.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

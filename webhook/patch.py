@@ -1,0 +1,26 @@
+"""JSONPatch (RFC 6902) `add` operations, the only kind the webhook emits."""
+
+from typing import Any
+
+Operation = dict[str, Any]
+
+
+def pointer(*segments: str | int) -> str:
+    """A JSON Pointer (RFC 6901): `~` becomes `~0` before `/` becomes `~1`."""
+    return "".join("/" + str(s).replace("~", "~0").replace("/", "~1") for s in segments)
+
+
+def add(path: str, value: Any) -> Operation:
+    return {"op": "add", "path": path, "value": value}
+
+
+def extend(array: str, exists: bool, items: list[Any], *, at: int | None = None) -> list[Operation]:
+    """Add items to the array at `array`: created whole with one op when absent, else one op per item
+    at its end, or from index `at` on (items keep their order)."""
+    if not items:
+        return []
+    if not exists:
+        return [add(array, items)]
+    if at is None:
+        return [add(f"{array}/-", item) for item in items]
+    return [add(f"{array}/{at + i}", item) for i, item in enumerate(items)]

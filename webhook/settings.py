@@ -1,0 +1,55 @@
+"""The one Settings object: built once by the entry point from flags and SIDECAR_WEBHOOK_* variables."""
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Kubernetes resource.Quantity syntax (a number, then an optional binary, decimal or exponent suffix).
+# Checked at startup: a bad quantity would make the API server reject every pod we inject.
+_QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?$")
+
+
+def _quantity(value: str) -> str:
+    if not _QUANTITY.match(value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 10m, 0.5, 32Mi)")
+    return value
+
+
+def _absolute_dirs(value: frozenset[str]) -> frozenset[str]:
+    for directory in value:
+        if not directory.startswith("/"):
+            raise ValueError(f"{directory!r} is not an absolute directory")
+    return frozenset(d.rstrip("/") or "/" for d in value)
+
+
+Quantity = Annotated[str, AfterValidator(_quantity)]
+Directories = Annotated[frozenset[str], AfterValidator(_absolute_dirs)]
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Frozen: the engine reads it, nothing changes it."""
+
+    model_config = SettingsConfigDict(env_prefix="SIDECAR_WEBHOOK_", frozen=True, extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8443, ge=1, le=65535)
+    cert_dir: Path = Path("certs")
+    log_level: str = Field("info", pattern="^(debug|info|warning|error)$")
+
+    sidecar_image: str = Field("busybox:1.37", min_length=1)
+    # Small but real: tail needs almost nothing, and a namespace with a ResourceQuota
+    # rejects containers without requests and limits.
+    sidecar_cpu_request: Quantity = "5m"
+    sidecar_memory_request: Quantity = "8Mi"
+    sidecar_cpu_limit: Quantity = "50m"
+    sidecar_memory_limit: Quantity = "32Mi"
+
+    # A log directory here would get an emptyDir mounted over it, hiding what the image ships there.
+    protected_dirs: Directories = frozenset(
+        {"/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/sbin", "/sys", "/usr", "/var"}
+    )
+    # Kernel filesystems: the runtime refuses (or breaks the container with) any mount below them.
+    protected_trees: Directories = frozenset({"/dev", "/proc", "/sys"})

@@ -1,0 +1,73 @@
+"""The sidecar, built as data from one table of names and defaults."""
+
+import copy
+from pathlib import PurePosixPath
+from typing import Any
+
+from webhook.annotations import SERVICE_ACCOUNT_DIR
+from webhook.settings import Settings
+
+LOG_VOLUME = "sidecar-logs"
+# An empty volume mounted at the ServiceAccount token path: the ServiceAccount admission plugin
+# skips containers that already have a mount there, so the sidecar never receives API credentials.
+NO_TOKEN_VOLUME = "sidecar-no-token"
+NOBODY = 65534  # busybox's `nobody`: a non-root uid the image knows
+
+# `-F` follows the file by name: it usually doesn't exist yet when the sidecar starts, and is
+# rotated later. `-n +1` prints it from its first line. Exec form: the path is data, never shell.
+TAIL = ("tail", "-n", "+1", "-F")
+
+# Pod Security Standard "restricted", met by the sidecar on its own.
+_SECURITY_CONTEXT: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": NOBODY,
+    "runAsGroup": NOBODY,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def tail_command(file: PurePosixPath) -> list[str]:
+    return [*TAIL, str(file)]
+
+
+def log_mount(volume: str, directory: PurePosixPath, sub_path: str, *, read_only: bool) -> dict[str, Any]:
+    mount: dict[str, Any] = {"name": volume, "mountPath": str(directory)}
+    if sub_path:
+        mount["subPath"] = sub_path
+    if read_only:
+        mount["readOnly"] = True
+    return mount
+
+
+def no_token_mount(volume: str) -> dict[str, Any]:
+    return {"name": volume, "mountPath": str(SERVICE_ACCOUNT_DIR), "readOnly": True}
+
+
+def sidecar_container(
+    name: str,
+    file: PurePosixPath,
+    mounts: list[dict[str, Any]],
+    *,
+    native: bool,
+    settings: Settings,
+) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": name,
+        "image": settings.sidecar_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": tail_command(file),
+        "resources": {
+            "requests": {"cpu": settings.sidecar_cpu_request, "memory": settings.sidecar_memory_request},
+            "limits": {"cpu": settings.sidecar_cpu_limit, "memory": settings.sidecar_memory_limit},
+        },
+        "securityContext": copy.deepcopy(_SECURITY_CONTEXT),
+        "volumeMounts": mounts,
+    }
+    if native:
+        # An init container with restartPolicy Always is a native sidecar (Kubernetes >= 1.29):
+        # started before the app, stopped after it, and not counted when a Job completes.
+        container["restartPolicy"] = "Always"
+    return container
