@@ -17,8 +17,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings(args)
     except ValidationError as error:
-        print(f"sidecar-webhook: invalid settings (flags or SIDECAR_WEBHOOK_* variables):\n{error}",
-              file=sys.stderr)
+        print(
+            f"sidecar-webhook: invalid settings (flags or SIDECAR_WEBHOOK_* variables):\n{error}",
+            file=sys.stderr,
+        )
         return 2
     code: int = args.run(args, settings)
     return code
@@ -71,8 +73,10 @@ def _review(args: argparse.Namespace, settings: Settings) -> int:
     reply = admission.review(body, settings)
     text = json.dumps(json.loads(reply.body), indent=2, ensure_ascii=False)
     if reply.status_code != 200:
-        print(f"sidecar-webhook review: the server would answer HTTP {reply.status_code}:\n{text}",
-              file=sys.stderr)
+        print(
+            f"sidecar-webhook review: the server would answer HTTP {reply.status_code}:\n{text}",
+            file=sys.stderr,
+        )
         return 1
     print(text)
     return 0

@@ -132,7 +132,9 @@ def _inject(spec: PodSpec, found: Mapping[str, str], wanted: LogRequest, setting
     return Decision.patched(ops, "injected", warnings)
 
 
-def _existing_sidecars(containers: Sequence[Container], files: Sequence[PurePosixPath]) -> dict[PurePosixPath, str]:
+def _existing_sidecars(
+    containers: Sequence[Container], files: Sequence[PurePosixPath]
+) -> dict[PurePosixPath, str]:
     """Containers that already tail a requested file, by file: the sidecars a first pass added."""
     by_command = {tuple(tail_command(file)): file for file in files}
     found: dict[PurePosixPath, str] = {}
@@ -205,8 +207,10 @@ def _shared_volume(
         sub_path = "/".join(p for p in (mount.sub_path.strip("/"), str(relative)) if p not in ("", "."))
         places.setdefault((mount.name, sub_path), container.name)
     if len(places) > 1:
-        seen = "; ".join(f"container {c!r} has volume {v!r}" + (f" subPath {s!r}" if s else "")
-                         for (v, s), c in places.items())
+        seen = "; ".join(
+            f"container {c!r} has volume {v!r}" + (f" subPath {s!r}" if s else "")
+            for (v, s), c in places.items()
+        )
         raise AnnotationError(
             LOG_PATH,
             value,

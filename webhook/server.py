@@ -35,8 +35,7 @@ def serve(settings: Settings) -> None:
     cert_file, key_file = settings.cert_dir / tls.TLS_CERT, settings.cert_dir / tls.TLS_KEY
     if tls.ensure_development_certificate(settings.cert_dir):
         _log.warning(
-            "no certificate in %s: created a development CA and a certificate for %s; "
-            "clients must trust %s",
+            "no certificate in %s: created a development CA and a certificate for %s; clients must trust %s",
             settings.cert_dir,
             ", ".join(tls.DEVELOPMENT_HOSTS),
             settings.cert_dir / tls.CA_CERT,

@@ -45,7 +45,9 @@ def create_ca(common_name: str, days: int, now: datetime | None = None) -> KeyPa
     return KeyPair(key, cert)
 
 
-def issue_serving_certificate(ca: KeyPair, hosts: Sequence[str], days: int, now: datetime | None = None) -> KeyPair:
+def issue_serving_certificate(
+    ca: KeyPair, hosts: Sequence[str], days: int, now: datetime | None = None
+) -> KeyPair:
     """A server certificate for `hosts` (DNS names, or IP addresses as IP SANs), signed by `ca`."""
     key = ec.generate_private_key(ec.SECP256R1())
     builder = _validity(x509.CertificateBuilder(), days, now)

@@ -1,0 +1,96 @@
+"""Start the real `sidecar-webhook serve` process for a test module, and clients that trust its CA."""
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+STARTUP_SECONDS = 20
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen[bytes]
+    port: int
+    cert_dir: Path
+    log_file: Path
+
+    @property
+    def url(self) -> str:
+        return f"https://localhost:{self.port}"
+
+    def tls_context(self) -> ssl.SSLContext:
+        """What the API server does: trust only the caBundle, check the host name."""
+        return ssl.create_default_context(cafile=self.cert_dir / "ca.crt")
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, verify=self.tls_context(), timeout=10)
+
+    def log(self) -> str:
+        return self.log_file.read_text()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running_server(cert_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Iterator[RunningServer]:
+    port = free_port()
+    log_file = cert_dir.parent / f"server-{port}.log"
+    with log_file.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "webhook",
+                "serve",
+                "--port",
+                str(port),
+                "--cert-dir",
+                str(cert_dir),
+                *extra,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+    server = RunningServer(process, port, cert_dir, log_file)
+    try:
+        _wait_until_ready(server)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _wait_until_ready(server: RunningServer) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"the server exited with {server.process.returncode}:\n{server.log()}")
+        if (server.cert_dir / "ca.crt").exists():
+            try:
+                with server.client() as client:
+                    if client.get("/readyz").status_code == 200:
+                        return
+            except (httpx.TransportError, ssl.SSLError, OSError):
+                pass
+        time.sleep(0.05)
+    raise RuntimeError(f"the server was not ready within {STARTUP_SECONDS} s:\n{server.log()}")

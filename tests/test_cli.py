@@ -1,0 +1,103 @@
+"""The command line: `review` answers as the server does; settings come from flags and env."""
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.kube import ADMISSION
+from tests.server import RunningServer, running_server
+from webhook import cli
+from webhook.settings import Settings
+
+
+def sidecar_webhook(
+    *args: str, stdin: bytes = b"", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "webhook", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    with running_server(tmp_path_factory.mktemp("cli") / "certs") as running:
+        yield running
+
+
+@pytest.mark.parametrize("fixture", ["seed-pod", "bad-relative-path", "no-annotation", "seed-pod-v1beta1"])
+def test_review_prints_what_the_server_answers(server: RunningServer, fixture: str) -> None:
+    path = ADMISSION / f"{fixture}.json"
+    printed = sidecar_webhook("review", "-f", str(path))
+    assert printed.returncode == 0, printed.stderr
+    with server.client() as client:
+        answered = client.post(
+            "/mutate", content=path.read_bytes(), headers={"content-type": "application/json"}
+        )
+    assert json.loads(printed.stdout) == answered.json()
+
+
+def test_review_reads_stdin(server: RunningServer) -> None:
+    body = (ADMISSION / "seed-pod.json").read_bytes()
+    printed = sidecar_webhook("review", "-f", "-", stdin=body)
+    assert printed.returncode == 0
+    assert json.loads(printed.stdout)["response"]["patchType"] == "JSONPatch"
+
+
+def test_review_of_a_malformed_call_exits_1_with_the_http_error() -> None:
+    printed = sidecar_webhook("review", "-f", "-", stdin=b'{"apiVersion": "admission.k8s.io/v1"}')
+    assert printed.returncode == 1
+    assert b"HTTP 400" in printed.stderr and b"request: Field required" in printed.stderr
+    assert printed.stdout == b""
+
+
+def test_review_of_a_missing_file_exits_2(tmp_path: Path) -> None:
+    printed = sidecar_webhook("review", "-f", str(tmp_path / "nope.json"))
+    assert printed.returncode == 2
+    assert b"cannot read" in printed.stderr
+
+
+def test_invalid_setting_in_the_environment_exits_2_naming_it() -> None:
+    printed = sidecar_webhook("review", "-f", "-", env={"SIDECAR_WEBHOOK_SIDECAR_CPU_LIMIT": "lots"})
+    assert printed.returncode == 2
+    assert b"sidecar_cpu_limit" in printed.stderr and b"not a Kubernetes quantity" in printed.stderr
+
+
+def test_help_and_version_work_as_a_module_and_a_script() -> None:
+    assert b"serve" in sidecar_webhook("--help").stdout
+    assert sidecar_webhook("--version").stdout.startswith(b"sidecar-webhook ")
+    script = Path(sys.executable).parent / "sidecar-webhook"
+    assert subprocess.run([script, "serve", "--help"], capture_output=True, check=True).stdout.count(
+        b"--cert-dir"
+    )
+
+
+def test_flags_win_over_environment_which_wins_over_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIDECAR_WEBHOOK_PORT", "9443")
+    monkeypatch.setenv("SIDECAR_WEBHOOK_HOST", "0.0.0.0")
+    args = cli._parser().parse_args(["serve", "--port", "10443"])
+    settings = cli._settings(args)
+    assert (settings.port, settings.host, settings.cert_dir) == (10443, "0.0.0.0", Path("certs"))
+    assert settings == Settings(port=10443, host="0.0.0.0")
+
+
+def test_settings_are_frozen() -> None:
+    with pytest.raises(Exception, match="frozen"):
+        Settings().port = 1  # type: ignore[misc]
+
+
+def test_httpx_is_only_a_test_dependency() -> None:
+    # The service must not need the test client at run time.
+    assert "httpx" not in Path(cli.__file__).parent.joinpath("app.py").read_text()
+    assert httpx  # used by the server fixture above

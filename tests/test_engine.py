@@ -1,0 +1,359 @@
+"""The engine's decisions, one rule of the annotation contract at a time."""
+
+from typing import Any
+
+import pytest
+
+from tests.kube import apply, container, review_with
+from webhook.decision import Decision
+from webhook.engine import MalformedObject, decide, decide_pod
+from webhook.envelope import AdmissionReview
+from webhook.settings import Settings
+
+LOG_PATH = "sidecar.example/log-path"
+
+
+def make_pod(annotations: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+    spec.setdefault("containers", [{"name": "app", "image": "alpine"}])
+    metadata: dict[str, Any] = {"name": "p"}
+    if annotations is not None:
+        metadata["annotations"] = annotations
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
+
+
+def injected(pod: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    decision = decide_pod(pod, settings)
+    assert decision.outcome == "patched", decision
+    result = apply(pod, list(decision.patch))
+    assert decide_pod(result, settings).outcome == "allowed", "a second pass adds nothing"
+    return result
+
+
+def denial(pod: dict[str, Any], settings: Settings) -> str:
+    decision = decide_pod(pod, settings)
+    assert decision.outcome == "denied", decision
+    assert decision.reason == "invalid-annotation"
+    return decision.message
+
+
+# --- what is allowed without a patch
+
+
+def test_pod_without_annotation_is_allowed_without_patch(settings: Settings) -> None:
+    assert decide_pod(make_pod(), settings) == Decision.allow("no-annotation")
+    assert decide_pod(make_pod({"other": "x"}), settings) == Decision.allow("no-annotation")
+
+
+@pytest.mark.parametrize("operation", ["UPDATE", "DELETE", "CONNECT"])
+def test_operations_other_than_create_are_allowed_without_patch(operation: str, settings: Settings) -> None:
+    request = AdmissionReview.model_validate(review_with(make_pod({LOG_PATH: "/l/a.log"}), operation)).request
+    assert decide(request, settings) == Decision.allow("not-create")
+
+
+def test_objects_other_than_pods_and_pod_subresources_are_allowed_without_patch(settings: Settings) -> None:
+    body = review_with(make_pod({LOG_PATH: "/l/a.log"}))
+    body["request"]["kind"] = {"group": "apps", "version": "v1", "kind": "Deployment"}
+    assert decide(AdmissionReview.model_validate(body).request, settings).reason == "not-a-pod"
+    body = review_with(make_pod({LOG_PATH: "/l/a.log"}))
+    body["request"]["subResource"] = "ephemeralcontainers"
+    assert decide(AdmissionReview.model_validate(body).request, settings).reason == "not-a-pod"
+
+
+def test_windows_pod_is_skipped_with_a_warning(settings: Settings) -> None:
+    decision = decide_pod(make_pod({LOG_PATH: "/logs/a.log"}, os={"name": "windows"}), settings)
+    assert decision.outcome == "allowed" and decision.reason == "windows"
+    assert LOG_PATH in decision.warnings[0] and "Windows" in decision.warnings[0]
+
+
+def test_object_that_is_not_pod_shaped_is_malformed(settings: Settings) -> None:
+    with pytest.raises(MalformedObject, match=r"spec\.containers\.0\.name"):
+        decide_pod(make_pod({LOG_PATH: "/l/a.log"}, containers=[{"name": 5}]), settings)
+    with pytest.raises(MalformedObject, match=r"metadata\.annotations"):
+        decide_pod(make_pod({LOG_PATH: 7}), settings)
+
+
+# --- denials: each names the annotation, the value and what is expected
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("", "is empty"),
+        ("  ", "is empty"),
+        ("logs/app.log", "not an absolute path"),
+        ("/var/log/", "names a directory"),
+        ("/var/log/./a.log", "'.' or '..' segment"),
+        ("/var/log/../etc/a.log", "'.' or '..' segment"),
+        ("/var//log/a.log", "empty, '.' or '..' segment"),
+        ("/var/log/a\x00.log", "control character"),
+        ("/var/log/a\n.log", "control character"),
+        ("/a/a.log,,/b/b.log", "empty entry"),
+        (",".join(f"/l/{i}.log" for i in range(9)), "has 9 paths"),
+        ("/app.log", "protected directory"),
+        ("/etc/app.log", "protected directory"),
+        ("/var/app.log", "protected directory"),
+        ("/proc/self/a.log", "under /proc"),
+        ("/dev/shm/a.log", "under /dev"),
+        ("/var/run/secrets/kubernetes.io/serviceaccount/x/a.log", "protected"),
+        ("/l/" + "x" * 4100 + ".log", "longer than 4096 bytes"),
+    ],
+)
+def test_bad_log_path_is_denied_naming_annotation_value_and_expectation(
+    value: str, problem: str, settings: Settings
+) -> None:
+    message = denial(make_pod({LOG_PATH: value}), settings)
+    assert message.startswith(f"annotation {LOG_PATH}: ")
+    assert problem in message
+    assert "expected" in message and "absolute file paths" in message
+
+
+def test_denial_shows_control_characters_escaped_and_long_values_truncated(settings: Settings) -> None:
+    assert '"/var/log/a\\n.log"' in denial(make_pod({LOG_PATH: "/var/log/a\n.log"}), settings)
+    message = denial(make_pod({LOG_PATH: "relative" * 1000}), settings)
+    assert len(message) < 500 and "truncated" in message
+
+
+def test_in_a_list_of_paths_the_denial_names_the_bad_one(settings: Settings) -> None:
+    message = denial(make_pod({LOG_PATH: "/ok/a.log, bad.log"}), settings)
+    assert 'has "bad.log", which is not an absolute path' in message
+
+
+def test_unknown_mode_is_denied(settings: Settings) -> None:
+    message = denial(make_pod({LOG_PATH: "/l/a.log", "sidecar.example/mode": "sidecar"}), settings)
+    assert message == (
+        'annotation sidecar.example/mode: "sidecar" is not a known mode; '
+        "expected one of auto, classic, native"
+    )
+
+
+def test_containers_annotation_naming_a_missing_container_is_denied(settings: Settings) -> None:
+    pod = make_pod({LOG_PATH: "/l/a.log", "sidecar.example/containers": "app, web"})
+    message = denial(pod, settings)
+    assert message.startswith('annotation sidecar.example/containers: "app, web" names web,')
+    assert "expected names from spec.containers (app)" in message
+
+
+def test_target_containers_with_different_volumes_at_the_log_directory_are_denied(settings: Settings) -> None:
+    pod = make_pod(
+        {LOG_PATH: "/var/log/app.log"},
+        containers=[
+            {"name": "a", "volumeMounts": [{"name": "one", "mountPath": "/var/log"}]},
+            {"name": "b", "volumeMounts": [{"name": "two", "mountPath": "/var/log"}]},
+        ],
+        volumes=[{"name": "one", "emptyDir": {}}, {"name": "two", "emptyDir": {}}],
+    )
+    message = denial(pod, settings)
+    assert "different volumes" in message and "'one'" in message and "'two'" in message
+
+
+def test_log_directory_on_a_subpathexpr_mount_is_denied(settings: Settings) -> None:
+    pod = make_pod(
+        {LOG_PATH: "/var/log/app.log"},
+        containers=[
+            {"name": "a", "volumeMounts": [{"name": "v", "mountPath": "/var/log", "subPathExpr": "$(POD)"}]}
+        ],
+        volumes=[{"name": "v", "emptyDir": {}}],
+    )
+    assert "subPathExpr" in denial(pod, settings)
+
+
+def test_protected_directories_are_configurable(settings: Settings) -> None:
+    relaxed = settings.model_copy(update={"protected_dirs": frozenset({"/"})})
+    assert decide_pod(make_pod({LOG_PATH: "/var/app.log"}), relaxed).outcome == "patched"
+
+
+# --- what gets injected
+
+
+def test_spaces_around_commas_are_ignored_and_duplicates_collapsed(settings: Settings) -> None:
+    pod = injected(make_pod({LOG_PATH: " /l/a.log ,/l/b.log, /l/a.log"}), settings)
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["app", "log-a", "log-b"]
+    assert pod["metadata"]["annotations"]["sidecar.example/injected"] == "log-a,log-b"
+
+
+def test_eight_paths_are_accepted(settings: Settings) -> None:
+    pod = injected(make_pod({LOG_PATH: ",".join(f"/l/{i}.log" for i in range(8))}), settings)
+    assert len(pod["spec"]["containers"]) == 9
+
+
+def test_each_distinct_directory_gets_one_volume_mounted_in_every_app_container(settings: Settings) -> None:
+    containers = [{"name": "a"}, {"name": "b", "volumeMounts": []}]
+    pod = injected(make_pod({LOG_PATH: "/x/1.log,/y/2.log,/x/3.log"}, containers=containers), settings)
+    assert [v["name"] for v in pod["spec"]["volumes"]] == [
+        "sidecar-logs",
+        "sidecar-logs-2",
+        "sidecar-no-token",
+    ]
+    for app in ("a", "b"):
+        assert container(pod, app)["volumeMounts"] == [
+            {"name": "sidecar-logs", "mountPath": "/x"},
+            {"name": "sidecar-logs-2", "mountPath": "/y"},
+        ]
+
+
+def test_containers_annotation_limits_the_mount_to_the_named_containers(settings: Settings) -> None:
+    containers = [{"name": "a"}, {"name": "b"}]
+    pod = injected(
+        make_pod({LOG_PATH: "/x/1.log", "sidecar.example/containers": "b"}, containers=containers), settings
+    )
+    assert "volumeMounts" not in container(pod, "a")
+    assert container(pod, "b")["volumeMounts"] == [{"name": "sidecar-logs", "mountPath": "/x"}]
+
+
+@pytest.mark.parametrize(
+    ("restart_policy", "mode", "native", "warns"),
+    [
+        (None, "auto", False, False),
+        ("Always", "auto", False, False),
+        ("OnFailure", "auto", True, False),
+        ("Never", "auto", True, False),
+        ("Never", "classic", False, True),
+        ("OnFailure", "classic", False, True),
+        ("Always", "native", True, False),
+    ],
+)
+def test_mode_chooses_classic_or_native_sidecar(
+    restart_policy: str | None, mode: str, native: bool, warns: bool, settings: Settings
+) -> None:
+    spec: dict[str, Any] = {"initContainers": [{"name": "init"}]}
+    if restart_policy:
+        spec["restartPolicy"] = restart_policy
+    pod = make_pod({LOG_PATH: "/l/a.log", "sidecar.example/mode": mode}, **spec)
+    decision = decide_pod(pod, settings)
+    result = apply(pod, list(decision.patch))
+    if native:
+        assert [c["name"] for c in result["spec"]["initContainers"]] == ["log-a", "init"]
+        assert result["spec"]["initContainers"][0]["restartPolicy"] == "Always"
+    else:
+        assert result["spec"]["containers"][-1]["name"] == "log-a"
+        assert "restartPolicy" not in result["spec"]["containers"][-1]
+    assert bool(decision.warnings) == warns
+    if warns:
+        assert "will not complete" in decision.warnings[0]
+
+
+def test_native_sidecars_are_inserted_first_in_their_order(settings: Settings) -> None:
+    pod = injected(
+        make_pod(
+            {LOG_PATH: "/l/a.log,/l/b.log", "sidecar.example/mode": "native"},
+            initContainers=[{"name": "init"}],
+        ),
+        settings,
+    )
+    assert [c["name"] for c in pod["spec"]["initContainers"]] == ["log-a", "log-b", "init"]
+
+
+def test_names_already_used_in_the_pod_get_a_number(settings: Settings) -> None:
+    pod = make_pod(
+        {LOG_PATH: "/l/app.log"},
+        containers=[{"name": "app"}, {"name": "log-app"}],
+        initContainers=[{"name": "log-app-2"}],
+        ephemeralContainers=[{"name": "log-app-3"}],
+        volumes=[{"name": "sidecar-logs", "emptyDir": {}}],
+    )
+    result = injected(pod, settings)
+    assert result["spec"]["containers"][-1]["name"] == "log-app-4"
+    assert [v["name"] for v in result["spec"]["volumes"]] == [
+        "sidecar-logs",
+        "sidecar-logs-2",
+        "sidecar-no-token",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/l/App_Server.LOG", "log-app-server"),
+        ("/l/api.v2.log", "log-api-v2"),
+        ("/l/.hidden", "log--hidden"),
+        ("/l/日志.log", "log"),
+        ("/l/trailing_.log", "log-trailing"),
+        ("/l/" + "a" * 100 + ".log", "log-" + "a" * 59),
+    ],
+)
+def test_sidecar_name_is_the_file_stem_as_a_dns_label(path: str, name: str, settings: Settings) -> None:
+    pod = injected(make_pod({LOG_PATH: path}), settings)
+    assert pod["spec"]["containers"][-1]["name"] == name
+
+
+def test_long_names_stay_within_63_characters_with_a_number(settings: Settings) -> None:
+    long = "/l/" + "a" * 100 + ".log"
+    pod = injected(make_pod({LOG_PATH: f"{long},/m/{'a' * 100}.log"}), settings)
+    names = [c["name"] for c in pod["spec"]["containers"][1:]]
+    assert names == ["log-" + "a" * 59, "log-" + "a" * 57 + "-2"]
+
+
+def test_existing_mount_at_the_log_directory_is_reused_not_duplicated(settings: Settings) -> None:
+    pod = make_pod(
+        {LOG_PATH: "/var/log/app.log"},
+        containers=[
+            {"name": "app", "volumeMounts": [{"name": "data", "mountPath": "/var/log", "subPath": "logs"}]}
+        ],
+        volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "c"}}],
+    )
+    result = injected(pod, settings)
+    assert container(result, "app")["volumeMounts"] == pod["spec"]["containers"][0]["volumeMounts"]
+    assert container(result, "log-app")["volumeMounts"][0] == {
+        "name": "data",
+        "mountPath": "/var/log",
+        "subPath": "logs",
+        "readOnly": True,
+    }
+    assert [v["name"] for v in result["spec"]["volumes"]] == ["data", "sidecar-no-token"]
+
+
+def test_mount_at_a_parent_directory_is_reused_through_a_subpath(settings: Settings) -> None:
+    # An emptyDir at /data/logs would hide what the app's volume has there: share that volume instead.
+    pod = make_pod(
+        {LOG_PATH: "/data/logs/app.log"},
+        containers=[
+            {"name": "app", "volumeMounts": [{"name": "data", "mountPath": "/data"}]},
+            {"name": "helper"},
+        ],
+        volumes=[{"name": "data", "emptyDir": {}}],
+    )
+    result = injected(pod, settings)
+    shared = {"name": "data", "mountPath": "/data/logs", "subPath": "logs"}
+    assert container(result, "helper")["volumeMounts"] == [shared]
+    assert container(result, "log-app")["volumeMounts"][0] == {**shared, "readOnly": True}
+    assert container(result, "app")["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]
+
+
+def test_pod_with_automount_off_gets_no_token_volume(settings: Settings) -> None:
+    pod = injected(make_pod({LOG_PATH: "/l/a.log"}, automountServiceAccountToken=False), settings)
+    assert [v["name"] for v in pod["spec"]["volumes"]] == ["sidecar-logs"]
+    assert [m["mountPath"] for m in container(pod, "log-a")["volumeMounts"]] == ["/l"]
+
+
+def test_absent_arrays_and_maps_are_created_whole(settings: Settings) -> None:
+    pod = make_pod({LOG_PATH: "/l/a.log"}, restartPolicy="Never")
+    ops = list(decide_pod(pod, settings).patch)
+    assert {op["path"] for op in ops} == {
+        "/spec/volumes",
+        "/spec/containers/0/volumeMounts",
+        "/spec/initContainers",
+        "/metadata/annotations/sidecar.example~1injected",
+    }
+
+
+def test_settings_choose_image_and_resources(settings: Settings) -> None:
+    custom = settings.model_copy(
+        update={"sidecar_image": "registry.local/busybox:1.37", "sidecar_memory_limit": "64Mi"}
+    )
+    decision = decide_pod(make_pod({LOG_PATH: "/l/a.log"}), custom)
+    sidecar = container(apply(make_pod({LOG_PATH: "/l/a.log"}), list(decision.patch)), "log-a")
+    assert sidecar["image"] == "registry.local/busybox:1.37"
+    assert sidecar["resources"]["limits"]["memory"] == "64Mi"
+
+
+def test_marker_copied_without_its_sidecar_does_not_stop_injection(settings: Settings) -> None:
+    # A pod template copied from an injected pod keeps the marker but not the sidecar.
+    pod = injected(make_pod({LOG_PATH: "/l/a.log", "sidecar.example/injected": "log-a"}), settings)
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["app", "log-a"]
+
+
+def test_json_pointer_segments_are_escaped() -> None:
+    from webhook.patch import pointer
+
+    assert pointer("metadata", "annotations", "a~b/c") == "/metadata/annotations/a~0b~1c"
+    assert pointer("x", "~1") == "/x/~01"
