@@ -8,7 +8,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from webhook import __version__, admission
+from webhook import __version__, admission, certs
+from webhook.certs import DEPLOY_DIR, SERVING_DAYS
 from webhook.settings import Settings
 
 
@@ -48,6 +49,42 @@ def _parser() -> argparse.ArgumentParser:
     )
     review.add_argument("-f", "--file", required=True, help="the AdmissionReview as JSON, or - for stdin")
     review.set_defaults(run=_review)
+
+    certs = commands.add_parser("certs", help="create, check and ship the TLS material for a cluster install")
+    certs_commands = certs.add_subparsers(required=True, metavar="ACTION")
+    create = certs_commands.add_parser(
+        "create", help="a CA and a serving certificate for the Service (keeps what is still good)"
+    )
+    create.add_argument("--service", required=True, help="the webhook's Service name")
+    create.add_argument("--namespace", required=True, help="the Service's namespace")
+    create.add_argument(
+        "--host",
+        dest="extra_hosts",
+        action="append",
+        default=[],
+        help="an extra DNS name or IP address (repeatable)",
+    )
+    create.add_argument(
+        "--days", type=int, default=SERVING_DAYS, help=f"serving certificate lifetime ({SERVING_DAYS})"
+    )
+    create.add_argument("--out", type=Path, default=Path("certs"), help="directory to write (certs)")
+    create.add_argument("--force", action="store_true", help="start over: a new CA and certificate")
+    create.set_defaults(run=_certs_create)
+    check = certs_commands.add_parser("check", help="expiry, hosts and chain; fails within 30 days of expiry")
+    check.add_argument("--dir", type=Path, default=Path("certs"), help="directory to check (certs)")
+    check.add_argument("--service", help="also require the Service's names (with --namespace)")
+    check.add_argument("--namespace")
+    check.set_defaults(run=_certs_check)
+    show = certs_commands.add_parser(
+        "manifests",
+        help="print the TLS Secret and the webhook configuration with its caBundle, for kubectl apply -f -",
+    )
+    show.add_argument("--dir", type=Path, default=Path("certs"), help="directory with the material (certs)")
+    show.add_argument(
+        "--url", help="call this https URL instead of the Service (a webhook run outside the cluster)"
+    )
+    show.add_argument("--deploy-dir", type=Path, default=DEPLOY_DIR, help="where the deploy/ manifests are")
+    show.set_defaults(run=_certs_manifests)
     return parser
 
 
@@ -79,4 +116,39 @@ def _review(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 1
     print(text)
+    return 0
+
+
+def _certs_create(args: argparse.Namespace, settings: Settings) -> int:
+    if args.days < 1:
+        print("sidecar-webhook certs create: --days must be at least 1", file=sys.stderr)
+        return 2
+    hosts = certs.service_hosts(args.service, args.namespace, args.extra_hosts)
+    for line in certs.create(args.out, hosts, days=args.days, force=args.force):
+        print(f"{args.out}: {line}")
+    return 0
+
+
+def _certs_check(args: argparse.Namespace, settings: Settings) -> int:
+    if bool(args.service) != bool(args.namespace):
+        print("sidecar-webhook certs check: give --service and --namespace together", file=sys.stderr)
+        return 2
+    expected = certs.service_hosts(args.service, args.namespace) if args.service else []
+    found = certs.check(args.dir, expected)
+    print("\n".join(found.lines))
+    for problem in found.problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    print("ok" if not found.problems else f"{len(found.problems)} problem(s)")
+    return 1 if found.problems else 0
+
+
+def _certs_manifests(args: argparse.Namespace, settings: Settings) -> int:
+    import yaml
+
+    try:
+        documents = certs.manifests(args.dir, args.deploy_dir, args.url)
+    except certs.ManifestError as error:
+        print(f"sidecar-webhook certs manifests: {error}", file=sys.stderr)
+        return 2
+    print(yaml.safe_dump_all(documents, sort_keys=False), end="")
     return 0

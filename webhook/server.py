@@ -1,6 +1,8 @@
 """Run the HTTPS service: certificates, uvicorn over TLS, readiness and graceful shutdown."""
 
+import asyncio
 import logging
+import socket
 from types import FrameType
 
 import uvicorn
@@ -21,9 +23,19 @@ _log = logging.getLogger("sidecar_webhook.server")
 
 
 class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, state: ServingState) -> None:
+    def __init__(
+        self, config: uvicorn.Config, state: ServingState, certificate: tls.ReloadingCertificate
+    ) -> None:
         super().__init__(config)
         self.state = state
+        self.certificate = certificate
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        watcher = asyncio.create_task(self.certificate.watch())
+        try:
+            await super().serve(sockets)
+        finally:
+            watcher.cancel()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.state.draining = True  # /readyz answers 503 from now on
@@ -55,6 +67,7 @@ def serve(settings: Settings) -> None:
         lifespan="off",
     )
     config.load()
-    config.ssl = tls.server_context(cert_file, key_file)
+    certificate = tls.ReloadingCertificate(cert_file, key_file)
+    config.ssl = certificate.context
     state.ready = True
-    _Server(config, state).run()
+    _Server(config, state, certificate).run()

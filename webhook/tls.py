@@ -1,7 +1,9 @@
 """TLS material and the server's TLS context: one module for `serve`'s development certificate and
 for the certificate helper. ECDSA P-256 keys, a CA that signs one serving certificate."""
 
+import asyncio
 import ipaddress
+import logging
 import os
 import ssl
 import tempfile
@@ -19,6 +21,11 @@ CA_CERT, CA_KEY, TLS_CERT, TLS_KEY = "ca.crt", "ca.key", "tls.crt", "tls.key"
 # Certificates start a few minutes in the past so a client whose clock runs behind accepts them.
 CLOCK_SKEW = timedelta(minutes=5)
 DEVELOPMENT_HOSTS = ("localhost", "127.0.0.1", "::1")
+# How often the server looks for a new certificate on disk. A Secret volume is updated within about a
+# minute of the Secret; a second more is nothing, and reading two small files a second costs nothing.
+RELOAD_INTERVAL_SECONDS = 1.0
+
+_log = logging.getLogger("sidecar_webhook.tls")
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,28 @@ def ensure_development_certificate(directory: Path) -> bool:
     return True
 
 
+def load_pair(directory: Path, cert_name: str, key_name: str) -> KeyPair | None:
+    """The certificate and its key from `directory`, or None when either is missing, unreadable,
+    not PEM, not an EC key, or the key doesn't belong to the certificate."""
+    try:
+        cert = x509.load_pem_x509_certificate((directory / cert_name).read_bytes())
+        key = serialization.load_pem_private_key((directory / key_name).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError):
+        return None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
+        return None
+    return KeyPair(key, cert)
+
+
+def hosts_of(cert: x509.Certificate) -> list[str]:
+    """The certificate's subject alternative names, DNS names and IP addresses as text."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [*sans.get_values_for_type(x509.DNSName), *map(str, sans.get_values_for_type(x509.IPAddress))]
+
+
 def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
     """The server side of TLS: 1.2 at least (what the API server speaks), the certificate loaded."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -138,3 +167,39 @@ def _write_atomically(path: Path, data: bytes, mode: int) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+class ReloadingCertificate:
+    """The server's TLS context, with the certificate reloaded in place when its files change.
+
+    A Secret volume updates by swapping a symlink, so the files change under a running server.
+    Loading a new chain into the same SSLContext serves it to every new handshake, while connections
+    already open keep theirs: no restart, no failed request. A pair that doesn't load (say a
+    certificate written before its key) is retried on the next look, the old one served meanwhile.
+    """
+
+    def __init__(self, cert_file: Path, key_file: Path) -> None:
+        self.cert_file, self.key_file = cert_file, key_file
+        self._loaded = self._contents()
+        self.context = server_context(cert_file, key_file)
+
+    def _contents(self) -> bytes:
+        return self.cert_file.read_bytes() + b"\0" + self.key_file.read_bytes()
+
+    def reload_if_changed(self) -> bool:
+        try:
+            contents = self._contents()
+            if contents == self._loaded:
+                return False
+            self.context.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError) as error:
+            _log.warning("certificate changed but does not load yet, still serving the old one: %s", error)
+            return False
+        self._loaded = contents
+        _log.info("reloaded the certificate from %s", self.cert_file)
+        return True
+
+    async def watch(self, interval: float = RELOAD_INTERVAL_SECONDS) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.reload_if_changed()

@@ -1,0 +1,209 @@
+"""The certificate helper: create TLS material for the Service (idempotently), check it, and print
+the Secret and webhook configuration that carry it into a cluster."""
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from webhook import tls
+
+CA_DAYS = 3650
+SERVING_DAYS = 365
+# Re-issue in the last third of a certificate's life: early enough that a missed run or two still
+# leaves months, late enough not to churn (cert-manager renews at two thirds by default too).
+RENEW_AFTER = 2 / 3
+# `check` fails this long before expiry, so there is time to act.
+WARN_BEFORE = timedelta(days=30)
+DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy"
+WEBHOOK_CONFIGURATION = "mutatingwebhookconfiguration.yaml"
+
+
+def service_hosts(service: str, namespace: str, extra: Sequence[str] = ()) -> list[str]:
+    """The names the API server may use for the Service, then any extra hosts."""
+    names = [
+        service,
+        f"{service}.{namespace}",
+        f"{service}.{namespace}.svc",
+        f"{service}.{namespace}.svc.cluster.local",
+    ]
+    return list(dict.fromkeys([*names, *extra]))
+
+
+def create(
+    directory: Path,
+    hosts: Sequence[str],
+    *,
+    days: int = SERVING_DAYS,
+    force: bool = False,
+    now: datetime | None = None,
+) -> list[str]:
+    """Make sure `directory` holds a CA and a serving certificate for `hosts`; say what was done.
+
+    A valid CA is kept (replacing it would invalidate every caBundle already applied); the serving
+    certificate is re-issued only when its hosts changed, it is in its renewal window, or it doesn't
+    belong to the CA. `force` starts over."""
+    now = now or datetime.now(UTC)
+    said: list[str] = []
+    ca = None if force else _usable_ca(directory, now)
+    if ca is None:
+        ca = tls.create_ca("sidecar-webhook CA", CA_DAYS, now)
+        said.append(f"created a new CA, valid until {ca.cert.not_valid_after_utc:%Y-%m-%d}")
+    else:
+        said.append(f"kept the CA, valid until {ca.cert.not_valid_after_utc:%Y-%m-%d}")
+    serving = tls.load_pair(directory, tls.TLS_CERT, tls.TLS_KEY)
+    why = "forced" if force else _why_reissue(serving, ca, hosts, now)
+    if serving is None or why:
+        serving = tls.issue_serving_certificate(ca, hosts, days, now)
+        said.append(
+            f"issued a certificate for {', '.join(hosts)} ({why}), valid until "
+            f"{serving.cert.not_valid_after_utc:%Y-%m-%d}"
+        )
+    else:
+        said.append(f"kept the certificate, valid until {serving.cert.not_valid_after_utc:%Y-%m-%d}")
+    tls.write_material(directory, ca, serving)
+    return said
+
+
+def _usable_ca(directory: Path, now: datetime) -> tls.KeyPair | None:
+    ca = tls.load_pair(directory, tls.CA_CERT, tls.CA_KEY)
+    if ca is None or not _is_ca(ca.cert) or _in_renewal_window(ca.cert, now):
+        return None
+    return ca
+
+
+def _why_reissue(serving: tls.KeyPair | None, ca: tls.KeyPair, hosts: Sequence[str], now: datetime) -> str:
+    if serving is None:
+        return "none was there"
+    if not _signed_by(serving.cert, ca.cert):
+        return "the old one was not signed by this CA"
+    if sorted(tls.hosts_of(serving.cert)) != sorted(hosts):
+        return "the hosts changed"
+    if _in_renewal_window(serving.cert, now):
+        return "the old one was in its last third of life"
+    return ""
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _in_renewal_window(cert: x509.Certificate, now: datetime) -> bool:
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    return now >= start + (end - start) * RENEW_AFTER
+
+
+@dataclass
+class Check:
+    """What `certs check` found: lines to print, and the problems that make it fail."""
+
+    lines: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def check(directory: Path, expected_hosts: Sequence[str] = (), now: datetime | None = None) -> Check:
+    now = now or datetime.now(UTC)
+    found = Check()
+    pairs = {"CA": (tls.CA_CERT, tls.CA_KEY), "certificate": (tls.TLS_CERT, tls.TLS_KEY)}
+    loaded: dict[str, x509.Certificate] = {}
+    for what, (cert_name, key_name) in pairs.items():
+        try:
+            cert = x509.load_pem_x509_certificate((directory / cert_name).read_bytes())
+        except (OSError, ValueError) as error:
+            found.problems.append(f"{what}: cannot read {directory / cert_name}: {error}")
+            continue
+        loaded[what] = cert
+        left = cert.not_valid_after_utc - now
+        found.lines.append(
+            f"{what}: {cert.subject.rfc4514_string()}, expires {cert.not_valid_after_utc:%Y-%m-%d} "
+            f"(in {left.days} days)"
+        )
+        if left <= timedelta(0):
+            found.problems.append(f"{what} expired on {cert.not_valid_after_utc:%Y-%m-%d}")
+        elif left <= WARN_BEFORE:
+            found.problems.append(f"{what} expires in {left.days} days, within {WARN_BEFORE.days}: renew it")
+        if now < cert.not_valid_before_utc:
+            found.problems.append(f"{what} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M}")
+        if tls.load_pair(directory, cert_name, key_name) is None:
+            found.problems.append(f"{what}: {key_name} is missing or does not match {cert_name}")
+    if "certificate" in loaded:
+        found.lines.append(f"hosts: {', '.join(tls.hosts_of(loaded['certificate']))}")
+        missing = [h for h in expected_hosts if h not in tls.hosts_of(loaded["certificate"])]
+        if missing:
+            found.problems.append(f"certificate does not cover {', '.join(missing)}")
+    if len(loaded) == 2:
+        chained = _signed_by(loaded["certificate"], loaded["CA"])
+        found.lines.append(f"chain: {tls.TLS_CERT} {'is' if chained else 'is NOT'} signed by {tls.CA_CERT}")
+        if not chained:
+            found.problems.append(
+                f"{tls.TLS_CERT} is not signed by {tls.CA_CERT}: the caBundle would not verify it"
+            )
+    return found
+
+
+class ManifestError(ValueError):
+    """The material or the deploy/ files can't make the manifests."""
+
+
+def manifests(directory: Path, deploy_dir: Path = DEPLOY_DIR, url: str | None = None) -> list[dict[str, Any]]:
+    """The TLS Secret and the webhook configuration of deploy/ with its caBundle filled in; with `url`,
+    only the configuration, calling `url` instead of the Service (the Secret serves the Deployment)."""
+    try:
+        ca_pem, cert_pem, key_pem = (
+            (directory / name).read_bytes() for name in (tls.CA_CERT, tls.TLS_CERT, tls.TLS_KEY)
+        )
+        configuration = yaml.safe_load((deploy_dir / WEBHOOK_CONFIGURATION).read_text())
+        deployment = yaml.safe_load((deploy_dir / "deployment.yaml").read_text())
+    except OSError as error:
+        raise ManifestError(f"cannot read {error.filename}: {error.strerror}") from None
+    if url is not None and (urlsplit(url).scheme != "https" or not urlsplit(url).hostname):
+        raise ManifestError(
+            f"--url {url!r}: the API server calls webhooks over https only, e.g. https://host:8443/mutate"
+        )
+    ca_bundle = _b64(ca_pem)
+    for webhook in configuration["webhooks"]:
+        client = webhook["clientConfig"]
+        client["caBundle"] = ca_bundle
+        if url is not None:
+            del client["service"]
+            client["url"] = url
+    if url is not None:
+        return [configuration]
+    service = configuration["webhooks"][0]["clientConfig"]["service"]
+    secret_name = next(
+        v["secret"]["secretName"] for v in deployment["spec"]["template"]["spec"]["volumes"] if "secret" in v
+    )
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": secret_name,
+            "namespace": service["namespace"],
+            "labels": deployment["metadata"].get("labels", {}),
+        },
+        "type": "kubernetes.io/tls",
+        "data": {"tls.crt": _b64(cert_pem), "tls.key": _b64(key_pem), "ca.crt": ca_bundle},
+    }
+    return [secret, configuration]
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
