@@ -120,57 +120,52 @@ def schema_errors(pod: Pod) -> list[str]:
     return errors
 
 
-_ALLOWED_VOLUMES = {
-    "configMap",
-    "csi",
-    "downwardAPI",
-    "emptyDir",
-    "ephemeral",
-    "persistentVolumeClaim",
-    "projected",
-    "secret",
-}
+RESTRICTED_VOLUME_TYPES = frozenset(
+    {
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+    }
+)
+ALLOWED_SECCOMP = frozenset({"RuntimeDefault", "Localhost"})
 
 
 def restricted_violations(pod: Pod) -> list[str]:
-    """Which rules of the Pod Security Standard "restricted" (baseline included) `pod` breaks."""
+    """Which rules of the Pod Security Standard "restricted" (baseline included) `pod` breaks:
+    those of the pod spec and those of every container, with container settings over the pod's."""
     spec = pod.get("spec", {})
-    pod_sc = spec.get("securityContext") or {}
-    found = []
-    for key in ("hostNetwork", "hostPID", "hostIPC"):
-        if spec.get(key):
-            found.append(f"pod: {key}")
-    for v in spec.get("volumes", []):
-        kinds = set(v) - {"name"}
-        if not kinds <= _ALLOWED_VOLUMES:
-            found.append(f"volume {v['name']}: type {sorted(kinds - _ALLOWED_VOLUMES)}")
-    for c in all_containers(pod):
-        sc = c.get("securityContext") or {}
-        where = f"container {c['name']}"
-
-        def setting(key: str, sc: dict[str, Any] = sc) -> Any:
-            return sc.get(key, pod_sc.get(key))
-
-        if sc.get("privileged"):
-            found.append(f"{where}: privileged")
-        if sc.get("allowPrivilegeEscalation") is not False:
-            found.append(f"{where}: allowPrivilegeEscalation not false")
-        caps = sc.get("capabilities") or {}
-        if "ALL" not in (caps.get("drop") or []):
-            found.append(f"{where}: capabilities do not drop ALL")
-        if set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
-            found.append(f"{where}: adds capabilities {caps['add']}")
-        if setting("runAsNonRoot") is not True:
-            found.append(f"{where}: runAsNonRoot not true")
-        if setting("runAsUser") == 0:
-            found.append(f"{where}: runAsUser 0")
-        seccomp = (setting("seccompProfile") or {}).get("type")
-        if seccomp not in ("RuntimeDefault", "Localhost"):
-            found.append(f"{where}: seccompProfile {seccomp}")
-        if any(p.get("hostPort") for p in c.get("ports", [])):
-            found.append(f"{where}: hostPort")
-        if sc.get("procMount", "Default") != "Default":
-            found.append(f"{where}: procMount")
-        if (sc.get("windowsOptions") or {}).get("hostProcess"):
-            found.append(f"{where}: hostProcess")
+    found = [f"{key} is true" for key in ("hostNetwork", "hostPID", "hostIPC") if spec.get(key)]
+    for volume in spec.get("volumes", []):
+        types = set(volume) - {"name"}
+        if not types <= RESTRICTED_VOLUME_TYPES:
+            found.append(f"volume {volume['name']} is of type {sorted(types - RESTRICTED_VOLUME_TYPES)}")
+    pod_security = spec.get("securityContext") or {}
+    pod_seccomp = (pod_security.get("seccompProfile") or {}).get("type")
+    if pod_seccomp is not None and pod_seccomp not in ALLOWED_SECCOMP:
+        found.append(f"pod seccomp profile is {pod_seccomp}")
+    for container in all_containers(pod):
+        security = container.get("securityContext") or {}
+        effective = {**pod_security, **security}
+        capabilities = security.get("capabilities") or {}
+        checks = {
+            "is privileged": security.get("privileged", False) is not False,
+            "allows privilege escalation": security.get("allowPrivilegeEscalation") is not False,
+            "may run as root": effective.get("runAsNonRoot") is not True or effective.get("runAsUser") == 0,
+            "has no RuntimeDefault or Localhost seccomp profile": (
+                (effective.get("seccompProfile") or {}).get("type") not in ALLOWED_SECCOMP
+            ),
+            "does not drop ALL capabilities": "ALL" not in (capabilities.get("drop") or []),
+            "adds a capability other than NET_BIND_SERVICE": bool(
+                set(capabilities.get("add") or []) - {"NET_BIND_SERVICE"}
+            ),
+            "uses a host port": any(port.get("hostPort") for port in container.get("ports", [])),
+            "has a procMount other than Default": security.get("procMount", "Default") != "Default",
+            "is a Windows host process": bool((security.get("windowsOptions") or {}).get("hostProcess")),
+        }
+        found.extend(f"container {container['name']} {rule}" for rule, broken in checks.items() if broken)
     return found

