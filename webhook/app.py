@@ -3,11 +3,13 @@
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from fastapi import FastAPI, Request, Response
+from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
 
-from webhook import admission
+from webhook import admission, recordings
 from webhook.admission import Reply, refuse
 from webhook.metrics import Metrics
 from webhook.settings import Settings
@@ -45,7 +47,19 @@ def create_app(settings: Settings, state: ServingState | None = None) -> FastAPI
         reply = body if isinstance(body, Reply) else admission.review(body, settings)
         elapsed = time.perf_counter() - started
         _record(reply, elapsed, metrics)
-        return Response(reply.body, reply.status_code, media_type="application/json")
+        recording = None
+        # Only reviews answered with an AdmissionReview (HTTP 200) are recorded, after the answer is
+        # sent and off the event loop, so the API server never waits for the disk.
+        if (
+            settings.record_dir is not None
+            and reply.status_code == 200
+            and reply.request is not None
+            and isinstance(body, bytes)
+        ):
+            recording = BackgroundTask(
+                recordings.write, settings.record_dir, reply.request, body, reply.body, datetime.now(UTC)
+            )
+        return Response(reply.body, reply.status_code, media_type="application/json", background=recording)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -95,12 +109,10 @@ def _record(reply: Reply, elapsed: float, metrics: Metrics) -> None:
     request, decision = reply.request, reply.decision
     fields: dict[str, object] = {"status": reply.status_code, "latency_ms": round(elapsed * 1000, 3)}
     if request is not None:
-        obj_metadata = (request.object or {}).get("metadata")
-        metadata = obj_metadata if isinstance(obj_metadata, dict) else {}
         fields |= {
             "uid": request.uid,
             "namespace": request.namespace,
-            "pod": request.name or metadata.get("name") or metadata.get("generateName"),
+            "pod": request.pod_name,
             "operation": request.operation,
             "dry_run": bool(request.dry_run),
         }

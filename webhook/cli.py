@@ -1,4 +1,4 @@
-"""The command line: `sidecar-webhook serve` and `sidecar-webhook review`."""
+"""The command line: `sidecar-webhook serve`, `review`, `inject` and `certs`."""
 
 import argparse
 import json
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from webhook import __version__, admission, certs
+from webhook import __version__, admission, certs, manifests
 from webhook.certs import DEPLOY_DIR, SERVING_DAYS
 from webhook.settings import Settings
 
@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (default 8443)")
     serve.add_argument("--cert-dir", type=Path, help="directory with tls.crt and tls.key (default certs)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--record-dir", type=Path, help="write each answered review to a JSON file here (off by default)"
+    )
     serve.set_defaults(run=_serve)
 
     review = commands.add_parser(
@@ -49,6 +52,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     review.add_argument("-f", "--file", required=True, help="the AdmissionReview as JSON, or - for stdin")
     review.set_defaults(run=_review)
+
+    inject = commands.add_parser(
+        "inject",
+        help="print manifests with the sidecar added to their pod templates, as the webhook would add it",
+        epilog="Exit status: 0 printed; 1 a document the API server would refuse (invalid YAML, not a "
+        "valid pod, denied), nothing printed; 2 the input can't be read.",
+    )
+    inject.add_argument(
+        "-f", "--file", required=True, help="a YAML or JSON manifest, a directory of them, or - for stdin"
+    )
+    inject.set_defaults(run=_inject)
 
     certs = commands.add_parser("certs", help="create, check and ship the TLS material for a cluster install")
     certs_commands = certs.add_subparsers(required=True, metavar="ACTION")
@@ -90,7 +104,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace) -> Settings:
     """Flags win over SIDECAR_WEBHOOK_* variables, which win over the defaults."""
-    flags = {name: getattr(args, name, None) for name in ("host", "port", "cert_dir", "log_level")}
+    names = ("host", "port", "cert_dir", "log_level", "record_dir")
+    flags = {name: getattr(args, name, None) for name in names}
     return Settings(**{name: value for name, value in flags.items() if value is not None})
 
 
@@ -117,6 +132,40 @@ def _review(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     print(text)
     return 0
+
+
+def _inject(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        inputs = _manifest_files(args.file)
+    except OSError as error:
+        print(f"sidecar-webhook inject: cannot read {args.file}: {error.strerror or error}", file=sys.stderr)
+        return 2
+    if not inputs:
+        print(f"sidecar-webhook inject: no .yaml, .yml or .json file in {args.file}", file=sys.stderr)
+        return 2
+    try:
+        sources = [(name, manifests.parse(text, name)) for name, text in inputs]
+        injected = manifests.inject(sources, settings)
+    except manifests.Rejected as error:
+        for note in error.notes:
+            print(f"sidecar-webhook inject: {note}", file=sys.stderr)
+        return 1
+    for note in injected.warnings:
+        print(f"sidecar-webhook inject: warning: {note}", file=sys.stderr)
+    sys.stdout.write(manifests.render(injected.documents))  # all or nothing: rendered before printing
+    return 0
+
+
+def _manifest_files(name: str) -> list[tuple[str, bytes]]:
+    """(name, contents) of stdin, a file, or a directory's manifests in name order (like
+    `kubectl apply -f DIR`: .yaml, .yml and .json files, not subdirectories)."""
+    if name == "-":
+        return [("<stdin>", sys.stdin.buffer.read())]
+    path = Path(name)
+    if not path.is_dir():
+        return [(name, path.read_bytes())]
+    files = sorted(f for f in path.iterdir() if f.suffix in (".yaml", ".yml", ".json") and f.is_file())
+    return [(str(file), file.read_bytes()) for file in files]
 
 
 def _certs_create(args: argparse.Namespace, settings: Settings) -> int:

@@ -29,6 +29,16 @@ class AdmissionRequest(_Envelope):
     dry_run: bool | None = Field(None, alias="dryRun")
     object: dict[str, Any] | None = None
 
+    @property
+    def pod_name(self) -> str | None:
+        """Who the call is about, for logs and recordings: the request's name, else the object's
+        name or generateName (a pod created by a ReplicaSet has no name yet)."""
+        metadata = (self.object or {}).get("metadata")
+        if not isinstance(metadata, dict):
+            metadata = {}
+        name = self.name or metadata.get("name") or metadata.get("generateName")
+        return name if isinstance(name, str) else None
+
 
 class AdmissionReview(_Envelope):
     api_version: Literal["admission.k8s.io/v1", "admission.k8s.io/v1beta1"] = Field(alias="apiVersion")

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     port: int = Field(8443, ge=1, le=65535)
     cert_dir: Path = Path("certs")
     log_level: str = Field("info", pattern="^(debug|info|warning|error)$")
+    # Off by default: a recording holds the whole pod, env values included.
+    record_dir: Path | None = None
 
     sidecar_image: str = Field("busybox:1.37", min_length=1)
     # Small but real: tail needs almost nothing, and a namespace with a ResourceQuota
