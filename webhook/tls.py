@@ -4,9 +4,7 @@ for the certificate helper. ECDSA P-256 keys, a CA that signs one serving certif
 import asyncio
 import ipaddress
 import logging
-import os
 import ssl
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,6 +14,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from webhook.files import write_atomically
 
 CA_CERT, CA_KEY, TLS_CERT, TLS_KEY = "ca.crt", "ca.key", "tls.crt", "tls.key"
 # Certificates start a few minutes in the past so a client whose clock runs behind accepts them.
@@ -79,10 +79,10 @@ def write_material(directory: Path, ca: KeyPair, serving: KeyPair) -> None:
     """Write ca.crt, ca.key, tls.crt and tls.key; keys are 0600. Each file is replaced atomically,
     the key before its certificate, so a reader never sees half a file."""
     directory.mkdir(parents=True, exist_ok=True)
-    _write_atomically(directory / CA_KEY, _key_pem(ca.key), 0o600)
-    _write_atomically(directory / CA_CERT, ca.cert.public_bytes(serialization.Encoding.PEM), 0o644)
-    _write_atomically(directory / TLS_KEY, _key_pem(serving.key), 0o600)
-    _write_atomically(directory / TLS_CERT, serving.cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomically(directory / CA_KEY, _key_pem(ca.key), 0o600)
+    write_atomically(directory / CA_CERT, ca.cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomically(directory / TLS_KEY, _key_pem(serving.key), 0o600)
+    write_atomically(directory / TLS_CERT, serving.cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
 def ensure_development_certificate(directory: Path) -> bool:
@@ -155,18 +155,6 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-
-
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 class ReloadingCertificate:
