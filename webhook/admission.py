@@ -5,11 +5,11 @@ they answer byte for byte alike.
 """
 
 import base64
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from webhook.decision import Decision
@@ -74,4 +74,4 @@ def refuse(
 
 
 def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return orjson.dumps(value)

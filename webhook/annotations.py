@@ -1,10 +1,10 @@
 """The annotation contract: the names a pod author writes, and a table of parsers for their values."""
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import PurePosixPath
 from typing import Any
 
 from webhook.settings import Settings
@@ -19,7 +19,8 @@ MAX_LOG_PATHS = 8
 MAX_PATH_BYTES = 4096
 # The ServiceAccount admission plugin owns this directory: the sidecar mounts an empty volume there
 # to keep the token out, so no log directory may be at or below it.
-SERVICE_ACCOUNT_DIR = PurePosixPath("/var/run/secrets/kubernetes.io/serviceaccount")
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 class Mode(StrEnum):
@@ -45,7 +46,7 @@ def _quote(value: object, limit: int = 200) -> str:
 class LogRequest:
     """What the pod author asked for, parsed and checked against everything but the pod itself."""
 
-    files: tuple[PurePosixPath, ...]
+    files: tuple[str, ...]  # absolute, normalised: no empty, '.' or '..' segment, no trailing '/'
     containers: tuple[str, ...] | None  # None: every app container
     mode: Mode
 
@@ -64,14 +65,24 @@ def _split(annotation: str, value: object, expected: str) -> list[str]:
     return list(dict.fromkeys(items))  # duplicates collapsed, order kept
 
 
-def _check_file(raw: str, value: str, settings: Settings) -> PurePosixPath:
+def directory_of(file: str) -> str:
+    """The directory of a checked absolute path: `/var/log/app.log` -> `/var/log`, `/app.log` -> `/`."""
+    return file[: file.rfind("/")] or "/"
+
+
+def is_within(path: str, directory: str) -> bool:
+    """Whether `path` is `directory` or below it (both absolute and normalised)."""
+    return path == directory or path.startswith(directory if directory == "/" else directory + "/")
+
+
+def _check_file(raw: str, value: str, settings: Settings) -> str:
     # Name the offending entry only when the value holds more than one.
     subject = "" if raw == value.strip() else f"has {_quote(raw)}, which "
 
     def refuse(problem: str) -> AnnotationError:
         return AnnotationError(LOG_PATH, value, subject + problem, _PATHS_EXPECTED)
 
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in raw):
+    if _CONTROL_CHARACTER.search(raw):
         raise refuse("has a control character")
     if not raw.startswith("/"):
         raise refuse("is not an absolute path")
@@ -81,17 +92,16 @@ def _check_file(raw: str, value: str, settings: Settings) -> PurePosixPath:
         raise refuse(f"is longer than {MAX_PATH_BYTES} bytes")
     if any(segment in ("", ".", "..") for segment in raw.split("/")[1:]):
         raise refuse("has an empty, '.' or '..' segment")
-    file = PurePosixPath(raw)
-    directory = file.parent
-    if str(directory) in settings.protected_dirs:
+    directory = directory_of(raw)
+    if directory in settings.protected_dirs:
         raise refuse(f"puts the log directory at {directory}, a protected directory")
-    for tree in (*settings.protected_trees, str(SERVICE_ACCOUNT_DIR)):
-        if directory == PurePosixPath(tree) or PurePosixPath(tree) in directory.parents:
+    for tree in (*settings.protected_trees, SERVICE_ACCOUNT_DIR):
+        if is_within(directory, tree):
             raise refuse(f"puts the log directory under {tree}, a protected directory")
-    return file
+    return raw
 
 
-def parse_log_paths(value: object, settings: Settings) -> tuple[PurePosixPath, ...]:
+def parse_log_paths(value: object, settings: Settings) -> tuple[str, ...]:
     entries = _split(LOG_PATH, value, _PATHS_EXPECTED)
     assert isinstance(value, str)  # _split refused anything else
     if len(entries) > MAX_LOG_PATHS:

@@ -7,13 +7,22 @@ the API server's reinvocation (after the built-in plugins change the pod) safe.
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from pathlib import PurePosixPath
 from typing import Any
 
 from pydantic import ValidationError
 
 from webhook import annotations
-from webhook.annotations import CONTAINERS, INJECTED, LOG_PATH, MODE, AnnotationError, LogRequest, Mode
+from webhook.annotations import (
+    CONTAINERS,
+    INJECTED,
+    LOG_PATH,
+    MODE,
+    AnnotationError,
+    LogRequest,
+    Mode,
+    directory_of,
+    is_within,
+)
 from webhook.decision import Decision
 from webhook.envelope import AdmissionRequest, error_details
 from webhook.naming import sidecar_base_name, unique_name
@@ -87,8 +96,8 @@ def _inject(spec: PodSpec, found: Mapping[str, str], wanted: LogRequest, setting
 
     new_volumes: list[dict[str, Any]] = []
     new_mounts: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    volume_at: dict[PurePosixPath, tuple[str, str]] = {}
-    for directory in dict.fromkeys(file.parent for file in wanted.files):
+    volume_at: dict[str, tuple[str, str]] = {}
+    for directory in dict.fromkeys(directory_of(file) for file in wanted.files):
         shared = _shared_volume(directory, targets, found[LOG_PATH])
         if shared is None:
             shared = (unique_name(LOG_VOLUME, taken), "")
@@ -103,8 +112,9 @@ def _inject(spec: PodSpec, found: Mapping[str, str], wanted: LogRequest, setting
     for file in wanted.files:
         if file in existing:
             continue
-        volume, sub_path = volume_at[file.parent]
-        mounts = [log_mount(volume, file.parent, sub_path, read_only=True)]
+        directory = directory_of(file)
+        volume, sub_path = volume_at[directory]
+        mounts = [log_mount(volume, directory, sub_path, read_only=True)]
         # With automount off at pod level the plugin adds no token, so there is nothing to keep out.
         if spec.automount_service_account_token is not False:
             if not no_token_volume:
@@ -133,11 +143,11 @@ def _inject(spec: PodSpec, found: Mapping[str, str], wanted: LogRequest, setting
 
 
 def _existing_sidecars(
-    containers: Sequence[Container], files: Sequence[PurePosixPath]
-) -> dict[PurePosixPath, str]:
+    containers: Sequence[Container], files: Sequence[str]
+) -> dict[str, str]:
     """Containers that already tail a requested file, by file: the sidecars a first pass added."""
     by_command = {tuple(tail_command(file)): file for file in files}
-    found: dict[PurePosixPath, str] = {}
+    found: dict[str, str] = {}
     for container in containers:
         file = by_command.get(tuple(container.command or ()))
         if file is not None:
@@ -170,19 +180,19 @@ def _names_in_use(spec: PodSpec) -> set[str]:
     return {item.name for group in groups for item in group or ()}
 
 
-def _covering_mount(container: Container, directory: PurePosixPath) -> VolumeMount | None:
+def _covering_mount(container: Container, directory: str) -> VolumeMount | None:
     """The container's mount that holds `directory`: at it, or else at its nearest parent."""
     best: VolumeMount | None = None
-    depth = -1
+    longest = -1  # of mount paths that all hold the directory, the longest is the nearest
     for mount in container.volume_mounts or ():
-        path = PurePosixPath(mount.mount_path)
-        if (path == directory or path in directory.parents) and len(path.parts) > depth:
-            best, depth = mount, len(path.parts)
+        path = mount.mount_path.rstrip("/") or "/"
+        if path.startswith("/") and is_within(directory, path) and len(path) > longest:
+            best, longest = mount, len(path)
     return best
 
 
 def _shared_volume(
-    directory: PurePosixPath, targets: Sequence[tuple[int, Container]], value: str
+    directory: str, targets: Sequence[tuple[int, Container]], value: str
 ) -> tuple[str, str] | None:
     """The (volume, subPath) that the target containers already have at `directory`, if any.
 
@@ -203,8 +213,8 @@ def _shared_volume(
                 "mounted with subPathExpr, which the sidecar cannot reproduce",
                 "a log directory on a volume mounted with a plain subPath or none",
             )
-        relative = directory.relative_to(mount.mount_path)
-        sub_path = "/".join(p for p in (mount.sub_path.strip("/"), str(relative)) if p not in ("", "."))
+        relative = directory[len(mount.mount_path.rstrip("/")) :].strip("/")
+        sub_path = "/".join(p for p in (mount.sub_path.strip("/"), relative) if p)
         places.setdefault((mount.name, sub_path), container.name)
     if len(places) > 1:
         seen = "; ".join(

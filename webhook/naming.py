@@ -1,16 +1,17 @@
 """Predictable names for what the webhook adds: valid DNS-1123 labels, unique within the pod."""
 
 import re
-from pathlib import PurePosixPath
 
 MAX_NAME = 63  # DNS-1123 label, the limit for container and volume names
 _NOT_LABEL_CHAR = re.compile(r"[^a-z0-9-]")
 
 
-def sidecar_base_name(file: PurePosixPath) -> str:
+def sidecar_base_name(file: str) -> str:
     """`/x/app.log` -> `log-app`: the file stem lowercased, anything outside [a-z0-9-] made `-`."""
-    stem = _NOT_LABEL_CHAR.sub("-", file.stem.lower())
-    return _trim(f"log-{stem}", MAX_NAME)
+    name = file[file.rfind("/") + 1 :]
+    dot = name.rfind(".")
+    stem = name[:dot] if 0 < dot < len(name) - 1 else name  # `.hidden` and `name.` keep their dot
+    return _trim(f"log-{_NOT_LABEL_CHAR.sub('-', stem.lower())}", MAX_NAME)
 
 
 def unique_name(base: str, taken: set[str]) -> str:

@@ -1,7 +1,5 @@
 """The sidecar, built as data from one table of names and defaults."""
 
-import copy
-from pathlib import PurePosixPath
 from typing import Any
 
 from webhook.annotations import SERVICE_ACCOUNT_DIR
@@ -17,24 +15,26 @@ NOBODY = 65534  # busybox's `nobody`: a non-root uid the image knows
 # rotated later. `-n +1` prints it from its first line. Exec form: the path is data, never shell.
 TAIL = ("tail", "-n", "+1", "-F")
 
-# Pod Security Standard "restricted", met by the sidecar on its own.
-_SECURITY_CONTEXT: dict[str, Any] = {
-    "runAsNonRoot": True,
-    "runAsUser": NOBODY,
-    "runAsGroup": NOBODY,
-    "allowPrivilegeEscalation": False,
-    "readOnlyRootFilesystem": True,
-    "capabilities": {"drop": ["ALL"]},
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
+def security_context() -> dict[str, Any]:
+    """Pod Security Standard "restricted", met by the sidecar on its own. A new dict each time:
+    a patched pod must not share mutable parts with another."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": NOBODY,
+        "runAsGroup": NOBODY,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
-def tail_command(file: PurePosixPath) -> list[str]:
-    return [*TAIL, str(file)]
+def tail_command(file: str) -> list[str]:
+    return [*TAIL, file]
 
 
-def log_mount(volume: str, directory: PurePosixPath, sub_path: str, *, read_only: bool) -> dict[str, Any]:
-    mount: dict[str, Any] = {"name": volume, "mountPath": str(directory)}
+def log_mount(volume: str, directory: str, sub_path: str, *, read_only: bool) -> dict[str, Any]:
+    mount: dict[str, Any] = {"name": volume, "mountPath": directory}
     if sub_path:
         mount["subPath"] = sub_path
     if read_only:
@@ -43,12 +43,12 @@ def log_mount(volume: str, directory: PurePosixPath, sub_path: str, *, read_only
 
 
 def no_token_mount(volume: str) -> dict[str, Any]:
-    return {"name": volume, "mountPath": str(SERVICE_ACCOUNT_DIR), "readOnly": True}
+    return {"name": volume, "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True}
 
 
 def sidecar_container(
     name: str,
-    file: PurePosixPath,
+    file: str,
     mounts: list[dict[str, Any]],
     *,
     native: bool,
@@ -63,7 +63,7 @@ def sidecar_container(
             "requests": {"cpu": settings.sidecar_cpu_request, "memory": settings.sidecar_memory_request},
             "limits": {"cpu": settings.sidecar_cpu_limit, "memory": settings.sidecar_memory_limit},
         },
-        "securityContext": copy.deepcopy(_SECURITY_CONTEXT),
+        "securityContext": security_context(),
         "volumeMounts": mounts,
     }
     if native:
