@@ -13,7 +13,7 @@ import orjson
 from pydantic import ValidationError
 
 from webhook.decision import Decision
-from webhook.engine import MalformedObject, decide
+from webhook.engine import decide
 from webhook.envelope import AdmissionRequest, AdmissionReview, error_details
 from webhook.settings import Settings
 
@@ -35,12 +35,12 @@ def review(body: bytes, settings: Settings) -> Reply:
     try:
         envelope = AdmissionReview.model_validate_json(body)
     except ValidationError as error:
-        return refuse(400, "the body is not a valid AdmissionReview", error_details(error))
+        in_object = all(e["loc"][:2] == ("request", "object") for e in error.errors())
+        what = "request.object is not a valid Pod" if in_object else "the body is not a valid AdmissionReview"
+        return refuse(400, what, error_details(error))
     request = envelope.request
     try:
         decision = decide(request, settings)
-    except MalformedObject as error:
-        return refuse(400, "request.object is not a valid Pod", error.details, request)
     except Exception as error:  # a bug: answer, don't crash; the caller logs it with the uid
         decision = Decision(allowed=False, reason="internal-error", message=_INTERNAL_ERROR)
         body = encode(envelope.api_version, request.uid, decision, code=500)

@@ -58,15 +58,20 @@ def decide(request: AdmissionRequest, settings: Settings) -> Decision:
         return Decision.allow("not-create")
     if (request.kind.group, request.kind.kind) != ("", "Pod") or request.sub_resource:
         return Decision.allow("not-a-pod")
-    return decide_pod(request.object or {}, settings)
+    return decide_view(request.object or Pod(), settings)
 
 
 def decide_pod(obj: Mapping[str, Any], settings: Settings) -> Decision:
-    """The decision for a pod being created; raises MalformedObject if `obj` isn't Pod-shaped."""
+    """The decision for a pod given as a dict (a manifest); raises MalformedObject if it isn't Pod-shaped."""
     try:
         pod = Pod.model_validate(obj)
     except ValidationError as error:
         raise MalformedObject(error_details(error)) from None
+    return decide_view(pod, settings)
+
+
+def decide_view(pod: Pod, settings: Settings) -> Decision:
+    """The decision for a pod being created, read through its view."""
     found = pod.metadata.annotations or {}
     if LOG_PATH not in found:
         return Decision.allow("no-annotation")

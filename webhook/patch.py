@@ -7,7 +7,12 @@ Operation = dict[str, Any]
 
 def pointer(*segments: str | int) -> str:
     """A JSON Pointer (RFC 6901): `~` becomes `~0` before `/` becomes `~1`."""
-    return "".join("/" + str(s).replace("~", "~0").replace("/", "~1") for s in segments)
+    return "/" + "/".join(map(_escape, segments))
+
+
+def _escape(segment: str | int) -> str:
+    text = str(segment)
+    return text.replace("~", "~0").replace("/", "~1") if "~" in text or "/" in text else text
 
 
 def add(path: str, value: Any) -> Operation:

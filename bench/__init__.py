@@ -1,0 +1,1 @@
+"""Benchmarks of sidecar-webhook: `python -m bench` (see README.md, "Performance")."""
