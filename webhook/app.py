@@ -28,9 +28,13 @@ from webhook.settings import Settings
 # (what we receive) a pod is up to about twice its stored size, so a legitimate review stays under
 # 6 MiB. 8 MiB leaves room for that and bounds what one call can make us hold in memory.
 MAX_BODY_BYTES = 8 * 1024 * 1024
+# From the headers to the last byte of the body. The API server sends a review at once and waits at
+# most 30 s for the answer; a client slower than this only holds a connection.
+BODY_TIMEOUT_SECONDS = 10.0
 
 _log = logging.getLogger("sidecar_webhook.review")
 _HEALTHY = orjson.dumps({"status": "ok"})
+_CLOSE = ((b"connection", b"close"),)
 
 
 @dataclass
@@ -91,7 +95,9 @@ class Endpoints:
         reply = body if isinstance(body, Reply) else admission.review(body, self.settings)
         elapsed = time.perf_counter() - started
         _record(reply, elapsed, self.metrics)
-        await _answer(send, reply.status_code, reply.body)
+        # Refused before its body was read whole: what is left of it can't be told from a next request,
+        # so the connection closes rather than wait for it.
+        await _answer(send, reply.status_code, reply.body, _CLOSE if isinstance(body, Reply) else ())
         # Only reviews answered with an AdmissionReview are recorded: after the answer is sent and
         # off the event loop, so the API server never waits for the disk.
         if self.settings.record_dir is not None and reply.status_code == 200 and reply.request is not None:
@@ -111,17 +117,21 @@ async def _read_body(scope: Scope, receive: Receive) -> bytes | Reply:
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         return _too_large()
     chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return refuse(400, "the client went away before sending the whole body")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            return _too_large()
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return refuse(400, "the client went away before sending the whole body")
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    return _too_large()
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+    except TimeoutError:
+        return refuse(408, f"the body did not arrive within {BODY_TIMEOUT_SECONDS:g} s")
 
 
 def _too_large() -> Reply:

@@ -43,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--cert-dir", type=Path, help="directory with tls.crt and tls.key (default certs)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument(
+        "--shutdown-delay",
+        type=float,
+        help="seconds to keep serving after SIGTERM, /readyz at 503 (default 0)",
+    )
+    serve.add_argument(
         "--record-dir", type=Path, help="write each answered review to a JSON file here (off by default)"
     )
     serve.set_defaults(run=_serve)
@@ -104,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace) -> Settings:
     """Flags win over SIDECAR_WEBHOOK_* variables, which win over the defaults."""
-    names = ("host", "port", "cert_dir", "log_level", "record_dir")
+    names = ("host", "port", "cert_dir", "log_level", "record_dir", "shutdown_delay")
     flags = {name: getattr(args, name, None) for name in names}
     return Settings(**{name: value for name, value in flags.items() if value is not None})
 

@@ -1,14 +1,17 @@
-"""Run the HTTPS service: certificates, uvicorn over TLS, readiness and graceful shutdown."""
+"""Run the HTTPS service: certificates, uvicorn over TLS, limits, readiness and graceful shutdown."""
 
 import asyncio
 import logging
+import resource
 import socket
+import time
 from types import FrameType
 
 import uvicorn
 
 from webhook import logs, tls
 from webhook.app import ServingState, create_app
+from webhook.protocol import HeaderDeadlineProtocol
 from webhook.settings import Settings
 
 # The API server's webhook client keeps idle connections for 90 s (Go's default). Keeping ours
@@ -18,17 +21,22 @@ KEEP_ALIVE_SECONDS = 120
 # On SIGTERM: stop accepting, let requests in flight finish for up to this long, then exit;
 # below the Deployment's termination grace period.
 GRACEFUL_SHUTDOWN_SECONDS = 20
+# Beyond this many open connections new calls get 503 at once: a bound on the memory that clients
+# can make the server hold. The API servers of a cluster need a few dozen.
+MAX_CONNECTIONS = 1000
 
 _log = logging.getLogger("sidecar_webhook.server")
 
 
 class _Server(uvicorn.Server):
     def __init__(
-        self, config: uvicorn.Config, state: ServingState, certificate: tls.ReloadingCertificate
+        self, config: uvicorn.Config, state: ServingState, certificate: tls.ReloadingCertificate, drain: float
     ) -> None:
         super().__init__(config)
         self.state = state
         self.certificate = certificate
+        self.drain = drain
+        self._exit_at: tuple[float, int] | None = None
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         watcher = asyncio.create_task(self.certificate.watch())
@@ -38,12 +46,27 @@ class _Server(uvicorn.Server):
             watcher.cancel()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self.state.draining = True  # /readyz answers 503 from now on
+        # /readyz answers 503 from the first signal on. With a drain delay the server keeps serving
+        # meanwhile, so endpoints can drop it before it stops accepting; a second signal doesn't wait.
+        if self.drain > 0 and not self.state.draining:
+            self.state.draining = True
+            self._exit_at = (time.monotonic() + self.drain, sig)
+            _log.info("draining for %.1f s before shutting down", self.drain)
+            return
+        self.state.draining = True
         super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._exit_at is not None and time.monotonic() >= self._exit_at[0]:
+            sig = self._exit_at[1]
+            self._exit_at = None
+            super().handle_exit(sig, None)
+        return await super().on_tick(counter)
 
 
 def serve(settings: Settings) -> None:
     logs.configure(settings.log_level)
+    _allow_all_file_descriptors()
     cert_file, key_file = settings.cert_dir / tls.TLS_CERT, settings.cert_dir / tls.TLS_KEY
     if tls.ensure_development_certificate(settings.cert_dir):
         _log.warning(
@@ -57,6 +80,7 @@ def serve(settings: Settings) -> None:
         create_app(settings, state),
         host=settings.host,
         port=settings.port,
+        http=HeaderDeadlineProtocol,
         ssl_certfile=cert_file,
         ssl_keyfile=key_file,
         log_config=None,
@@ -64,10 +88,19 @@ def serve(settings: Settings) -> None:
         server_header=False,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        limit_concurrency=MAX_CONNECTIONS,
         lifespan="off",
     )
     config.load()
     certificate = tls.ReloadingCertificate(cert_file, key_file)
     config.ssl = certificate.context
     state.ready = True
-    _Server(config, state, certificate).run()
+    _Server(config, state, certificate, settings.shutdown_delay).run()
+
+
+def _allow_all_file_descriptors() -> None:
+    """Raise the soft limit on open files to the hard one (Go does the same at start): the default
+    1024 would refuse connections long before MAX_CONNECTIONS."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     port: int = Field(8443, ge=1, le=65535)
     cert_dir: Path = Path("certs")
     log_level: str = Field("info", pattern="^(debug|info|warning|error)$")
+    # Seconds to keep serving after SIGTERM with /readyz at 503, so load balancers stop sending first.
+    # 0 in the Deployment, whose preStop sleep does that before SIGTERM is sent.
+    shutdown_delay: float = Field(0.0, ge=0, le=60)
     # Off by default: a recording holds the whole pod, env values included.
     record_dir: Path | None = None
 

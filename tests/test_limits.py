@@ -1,0 +1,164 @@
+"""Limits against clients that are slow, silent or many: the server closes or refuses them on time,
+and keeps answering everyone else meanwhile."""
+
+import json
+import socket
+import ssl
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.kube import load_review
+from tests.server import RunningServer, running_server
+from webhook import tls
+from webhook.app import BODY_TIMEOUT_SECONDS
+from webhook.protocol import HEADER_TIMEOUT_SECONDS
+
+# How long past a deadline the server may take to act on it, at most.
+SLACK_SECONDS = 10
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    with running_server(tmp_path_factory.mktemp("limits") / "certs") as running:
+        yield running
+
+
+def tls_connection(server: RunningServer, timeout: float) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
+    return server.tls_context().wrap_socket(raw, server_hostname="localhost")
+
+
+def read_until_closed(connection: ssl.SSLSocket) -> bytes:
+    """Everything the server sends until it closes the connection (the socket timeout bounds it)."""
+    received = b""
+    while chunk := connection.recv(65536):
+        received += chunk
+    return received
+
+
+def silent_client(server: RunningServer) -> bytes:
+    with tls_connection(server, HEADER_TIMEOUT_SECONDS + SLACK_SECONDS) as connection:
+        return read_until_closed(connection)
+
+
+def slow_headers(server: RunningServer) -> bytes:
+    with tls_connection(server, HEADER_TIMEOUT_SECONDS + SLACK_SECONDS) as connection:
+        connection.sendall(b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: applic")
+        return read_until_closed(connection)
+
+
+def slow_body(server: RunningServer) -> bytes:
+    with tls_connection(server, BODY_TIMEOUT_SECONDS + SLACK_SECONDS) as connection:
+        connection.sendall(
+            b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 5000\r\n\r\n{"apiVersion":'
+        )
+        return read_until_closed(connection)
+
+
+def test_slow_and_silent_clients_are_cut_off_while_others_are_served(server: RunningServer) -> None:
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        silent, headers, body = (pool.submit(f, server) for f in (silent_client, slow_headers, slow_body))
+        # Meanwhile, ordinary calls are answered at once.
+        with server.client() as client:
+            for _ in range(20):
+                assert client.get("/healthz").status_code == 200
+                review = client.post(
+                    "/mutate",
+                    content=json.dumps(load_review("seed-pod")),
+                    headers={"content-type": "application/json"},
+                )
+                assert review.status_code == 200
+        assert silent.result() == b"", "a client that never sends a request is closed without an answer"
+        assert headers.result() == b"", "headers that never complete are closed without an answer"
+        answer = body.result().decode()
+    assert answer.startswith("HTTP/1.1 408"), answer
+    assert '"error":"the body did not arrive within' in answer
+    assert time.monotonic() - started < max(HEADER_TIMEOUT_SECONDS, BODY_TIMEOUT_SECONDS) + SLACK_SECONDS
+
+
+def test_many_open_connections_do_not_stop_health_checks_and_reviews(server: RunningServer) -> None:
+    # 300 connections that sit idle after the handshake, as a slowloris would open them.
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        idle = list(pool.map(lambda _: tls_connection(server, 30), range(300)))
+    try:
+        with server.client() as client:
+            for _ in range(10):
+                assert client.get("/healthz").json() == {"status": "ok"}
+            review = client.post(
+                "/mutate",
+                content=json.dumps(load_review("seed-pod")),
+                headers={"content-type": "application/json"},
+            )
+            assert review.status_code == 200 and review.json()["response"]["allowed"] is True
+    finally:
+        for connection in idle:
+            connection.close()
+
+
+def test_tls_1_0_and_1_1_are_refused(server: RunningServer) -> None:
+    for version in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
+        client = old_tls_client(version)
+        if not can_speak(client, version):
+            pytest.skip(
+                f"this machine's OpenSSL cannot speak {version.name} at all, so a refusal proves nothing"
+            )
+        with (
+            socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw,
+            pytest.raises(ssl.SSLError),
+        ):
+            client.wrap_socket(raw, server_hostname="localhost")
+
+
+def old_tls_client(version: ssl.TLSVersion) -> ssl.SSLContext:
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
+    with warnings.catch_warnings():  # these versions are deprecated: that is the point
+        warnings.simplefilter("ignore", DeprecationWarning)
+        client.minimum_version = client.maximum_version = version
+    client.set_ciphers("DEFAULT:@SECLEVEL=0")
+    return client
+
+
+def can_speak(client: ssl.SSLContext, version: ssl.TLSVersion) -> bool:
+    """Whether `client` completes a handshake with a local server that does accept `version`."""
+    directory = Path(tempfile.mkdtemp())
+    tls.ensure_development_certificate(directory)
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        server_side.minimum_version = version
+    server_side.set_ciphers("DEFAULT:@SECLEVEL=0")
+    server_side.load_cert_chain(f"{directory}/tls.crt", f"{directory}/tls.key")
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def accept() -> None:
+            connection, _ = listener.accept()
+            try:
+                server_side.wrap_socket(connection, server_side=True).close()
+            except (ssl.SSLError, OSError):
+                connection.close()
+
+        thread = threading.Thread(target=accept)
+        thread.start()
+        try:
+            with (
+                socket.create_connection(listener.getsockname(), timeout=10) as raw,
+                client.wrap_socket(raw) as connection,
+            ):
+                return (
+                    connection.version()
+                    == {ssl.TLSVersion.TLSv1: "TLSv1", ssl.TLSVersion.TLSv1_1: "TLSv1.1"}[version]
+                )
+        except (ssl.SSLError, OSError):
+            return False
+        finally:
+            thread.join(timeout=10)
