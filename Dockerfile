@@ -11,9 +11,10 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY webhook/ webhook/
-RUN pip install --no-cache-dir .
+# constraints.txt pins every dependency to the versions the test suite ran with.
+RUN pip install --no-cache-dir --constraint constraints.txt .
 
 # Runtime: the same base plus the venv; no pip cache, no sources, no build tools.
 FROM ${PYTHON_IMAGE}
