@@ -101,3 +101,20 @@ def test_httpx_is_only_a_test_dependency() -> None:
     # The service must not need the test client at run time.
     assert "httpx" not in Path(cli.__file__).parent.joinpath("app.py").read_text()
     assert httpx  # used by the server fixture above
+
+
+def test_review_into_a_closed_pipe_stops_quietly() -> None:
+    import os
+
+    reader, writer = os.pipe()
+    os.close(reader)  # nobody will read what review prints
+    with os.fdopen(writer, "wb") as closed_pipe:
+        printed = subprocess.run(
+            [sys.executable, "-m", "webhook", "review", "-f", str(ADMISSION / "seed-pod.json")],
+            stdout=closed_pipe,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
+    assert printed.returncode == 1
+    assert b"Traceback" not in printed.stderr

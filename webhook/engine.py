@@ -45,7 +45,7 @@ WINDOWS_WARNING = f"{LOG_PATH} ignored: Windows pods get no log sidecar (its bus
 
 
 class MalformedObject(ValueError):
-    """The object isn't shaped like a Pod: the caller's mistake (an HTTP 400), not the pod author's."""
+    """The object isn't shaped like a Pod: a broken manifest or call, not a pod author's mistake."""
 
     def __init__(self, details: list[str]) -> None:
         super().__init__("; ".join(details))
@@ -147,9 +147,7 @@ def _inject(spec: PodSpec, found: Mapping[str, str], wanted: LogRequest, setting
     return Decision.patched(ops, "injected", warnings)
 
 
-def _existing_sidecars(
-    containers: Sequence[Container], files: Sequence[str]
-) -> dict[str, str]:
+def _existing_sidecars(containers: Sequence[Container], files: Sequence[str]) -> dict[str, str]:
     """Containers that already tail a requested file, by file: the sidecars a first pass added."""
     by_command = {tuple(tail_command(file)): file for file in files}
     found: dict[str, str] = {}
