@@ -1,10 +1,29 @@
-"""Shared fixtures: one Settings for the tests, built without reading the environment."""
+"""Shared fixtures: one Settings built without reading the environment, and the real server process,
+started once per test module that asks for it, with a client that trusts only its CA."""
 
+from collections.abc import Iterator
+
+import httpx
 import pytest
 
+from tests.server import RunningServer, running_server
 from webhook.settings import Settings
 
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
     return Settings.model_construct(**Settings.model_validate({}).model_dump())
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[RunningServer]:
+    with running_server(tmp_path_factory.mktemp(request.module.__name__) / "certs") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server: RunningServer) -> Iterator[httpx.Client]:
+    with server.client() as c:
+        yield c

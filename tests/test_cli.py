@@ -3,14 +3,13 @@
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.kube import ADMISSION
-from tests.server import RunningServer, running_server
+from tests.server import RunningServer
 from webhook import cli
 from webhook.settings import Settings
 
@@ -28,12 +27,6 @@ def sidecar_webhook(
         env={**os.environ, **(env or {})},
         check=False,
     )
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with running_server(tmp_path_factory.mktemp("cli") / "certs") as running:
-        yield running
 
 
 @pytest.mark.parametrize("fixture", ["seed-pod", "bad-relative-path", "no-annotation", "seed-pod-v1beta1"])

@@ -8,7 +8,6 @@ import copy
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,25 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.kube import load_review
-from tests.server import RunningServer, running_server
 
 CORPUS = Path(__file__).parent / "corpus"
 SEED = load_review("seed-pod")
 SENT: Counter[str] = Counter()
 FUZZ = settings(max_examples=2500, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 TOTAL_REQUESTS = 10_000
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with running_server(tmp_path_factory.mktemp("fuzz") / "certs") as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def client(server: RunningServer) -> Iterator[httpx.Client]:
-    with server.client() as c:
-        yield c
 
 
 def check_answer(answer: httpx.Response, sent: Any = None) -> None:

@@ -11,22 +11,10 @@ import httpx
 import pytest
 
 from tests.kube import apply, container, load_review, patch_ops
-from tests.server import RunningServer, running_server
+from tests.server import RunningServer
 from webhook.app import MAX_BODY_BYTES
 
 JSON = {"content-type": "application/json"}
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with running_server(tmp_path_factory.mktemp("http") / "certs") as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def client(server: RunningServer) -> Iterator[httpx.Client]:
-    with server.client() as c:
-        yield c
 
 
 def post_review(client: httpx.Client, review: dict[str, Any]) -> dict[str, Any]:

@@ -8,26 +8,19 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from tests.kube import load_review
-from tests.server import RunningServer, running_server
+from tests.server import RunningServer
 from webhook import tls
 from webhook.app import BODY_TIMEOUT_SECONDS
 from webhook.protocol import HEADER_TIMEOUT_SECONDS
 
 # How long past a deadline the server may take to act on it, at most.
 SLACK_SECONDS = 10
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with running_server(tmp_path_factory.mktemp("limits") / "certs") as running:
-        yield running
 
 
 def tls_connection(server: RunningServer, timeout: float) -> ssl.SSLSocket:

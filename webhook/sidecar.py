@@ -15,6 +15,7 @@ NOBODY = 65534  # busybox's `nobody`: a non-root uid the image knows
 # rotated later. `-n +1` prints it from its first line. Exec form: the path is data, never shell.
 TAIL = ("tail", "-n", "+1", "-F")
 
+
 def security_context() -> dict[str, Any]:
     """Pod Security Standard "restricted", met by the sidecar on its own. A new dict each time:
     a patched pod must not share mutable parts with another."""
