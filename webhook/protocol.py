@@ -7,7 +7,6 @@ the connection opening or of the request's first byte; otherwise the connection 
 """
 
 import asyncio
-from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -44,7 +43,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             self._header_deadline.cancel()
             self._header_deadline = None
 
-    def _headers_too_slow(self, *_: Any) -> None:
+    def _headers_too_slow(self) -> None:
         self._header_deadline = None
         if not self.transport.is_closing():
             self.transport.close()
