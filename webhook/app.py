@@ -49,7 +49,6 @@ def create_app(settings: Settings, state: ServingState | None = None) -> FastAPI
     state = state if state is not None else ServingState(ready=True)
     metrics = Metrics()
     app = FastAPI(title="sidecar-webhook", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.serving = state
 
     @app.get("/metrics")
     async def prometheus() -> Response:

@@ -12,9 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from webhook.pod import Pod
 
-V1 = "admission.k8s.io/v1"
-V1BETA1 = "admission.k8s.io/v1beta1"
-
 
 class _Envelope(BaseModel):
     # strict: a wrong type is an error, never coerced; unknown fields are the API server's business.
