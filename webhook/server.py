@@ -90,6 +90,8 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         limit_concurrency=MAX_CONNECTIONS,
         lifespan="off",
+        # The API server calls us directly: there is no proxy whose headers to trust or to parse.
+        proxy_headers=False,
     )
     config.load()
     certificate = tls.ReloadingCertificate(cert_file, key_file)
