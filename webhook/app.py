@@ -20,7 +20,7 @@ import orjson
 from fastapi import FastAPI, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from webhook import admission, recordings
+from webhook import admission, logs, recordings
 from webhook.admission import Reply, refuse
 from webhook.metrics import Metrics
 from webhook.settings import Settings
@@ -34,6 +34,7 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 BODY_TIMEOUT_SECONDS = 10.0
 
 _log = logging.getLogger("sidecar_webhook.review")
+_lines = logs.Lines(_log.name)
 _HEALTHY = orjson.dumps({"status": "ok"})
 _CLOSE = ((b"connection", b"close"),)
 
@@ -174,4 +175,4 @@ def _record(reply: Reply, elapsed: float, metrics: Metrics) -> None:
     if reply.internal_error is not None:
         _log.error("review failed", exc_info=reply.internal_error, extra={"fields": fields})
     else:
-        _log.info("review", extra={"fields": fields})
+        _lines.info("review", fields)
