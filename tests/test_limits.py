@@ -15,7 +15,7 @@ import pytest
 
 from tests.kube import load_review
 from tests.server import RunningServer
-from webhook import tls
+from webhook import pki
 from webhook.app import BODY_TIMEOUT_SECONDS
 from webhook.protocol import HEADER_TIMEOUT_SECONDS
 
@@ -124,7 +124,7 @@ def old_tls_client(version: ssl.TLSVersion) -> ssl.SSLContext:
 def can_speak(client: ssl.SSLContext, version: ssl.TLSVersion) -> bool:
     """Whether `client` completes a handshake with a local server that does accept `version`."""
     directory = Path(tempfile.mkdtemp())
-    tls.ensure_development_certificate(directory)
+    pki.ensure_development_certificate(directory)
     server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

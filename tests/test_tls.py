@@ -9,7 +9,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from webhook import tls
+from webhook import pki, tls
 
 
 def load(path: Path) -> x509.Certificate:
@@ -17,7 +17,7 @@ def load(path: Path) -> x509.Certificate:
 
 
 def test_development_certificate_is_a_localhost_server_certificate_signed_by_its_ca(tmp_path: Path) -> None:
-    assert tls.ensure_development_certificate(tmp_path) is True
+    assert pki.ensure_development_certificate(tmp_path) is True
     ca, cert = load(tmp_path / "ca.crt"), load(tmp_path / "tls.crt")
 
     constraints = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
@@ -42,19 +42,19 @@ def test_development_certificate_is_a_localhost_server_certificate_signed_by_its
 
 
 def test_keys_are_readable_by_the_owner_only(tmp_path: Path) -> None:
-    tls.ensure_development_certificate(tmp_path)
+    pki.ensure_development_certificate(tmp_path)
     for key in ("ca.key", "tls.key"):
         assert stat.S_IMODE((tmp_path / key).stat().st_mode) == 0o600
 
 
 def test_existing_certificate_is_kept(tmp_path: Path) -> None:
-    tls.ensure_development_certificate(tmp_path)
+    pki.ensure_development_certificate(tmp_path)
     before = (tmp_path / "tls.crt").read_bytes()
-    assert tls.ensure_development_certificate(tmp_path) is False
+    assert pki.ensure_development_certificate(tmp_path) is False
     assert (tmp_path / "tls.crt").read_bytes() == before
 
 
 def test_server_context_refuses_anything_below_tls_1_2(tmp_path: Path) -> None:
-    tls.ensure_development_certificate(tmp_path)
+    pki.ensure_development_certificate(tmp_path)
     context = tls.server_context(tmp_path / "tls.crt", tmp_path / "tls.key")
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2

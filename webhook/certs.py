@@ -13,7 +13,7 @@ import yaml
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from webhook import tls
+from webhook import pki, tls
 
 CA_DAYS = 3650
 SERVING_DAYS = 365
@@ -54,37 +54,37 @@ def create(
     said: list[str] = []
     ca = None if force else _usable_ca(directory, now)
     if ca is None:
-        ca = tls.create_ca("sidecar-webhook CA", CA_DAYS, now)
+        ca = pki.create_ca("sidecar-webhook CA", CA_DAYS, now)
         said.append(f"created a new CA, valid until {ca.cert.not_valid_after_utc:%Y-%m-%d}")
     else:
         said.append(f"kept the CA, valid until {ca.cert.not_valid_after_utc:%Y-%m-%d}")
-    serving = tls.load_pair(directory, tls.TLS_CERT, tls.TLS_KEY)
+    serving = pki.load_pair(directory, tls.TLS_CERT, tls.TLS_KEY)
     why = "forced" if force else _why_reissue(serving, ca, hosts, now)
     if serving is None or why:
-        serving = tls.issue_serving_certificate(ca, hosts, days, now)
+        serving = pki.issue_serving_certificate(ca, hosts, days, now)
         said.append(
             f"issued a certificate for {', '.join(hosts)} ({why}), valid until "
             f"{serving.cert.not_valid_after_utc:%Y-%m-%d}"
         )
     else:
         said.append(f"kept the certificate, valid until {serving.cert.not_valid_after_utc:%Y-%m-%d}")
-    tls.write_material(directory, ca, serving)
+    pki.write_material(directory, ca, serving)
     return said
 
 
-def _usable_ca(directory: Path, now: datetime) -> tls.KeyPair | None:
-    ca = tls.load_pair(directory, tls.CA_CERT, tls.CA_KEY)
+def _usable_ca(directory: Path, now: datetime) -> pki.KeyPair | None:
+    ca = pki.load_pair(directory, tls.CA_CERT, tls.CA_KEY)
     if ca is None or not _is_ca(ca.cert) or _in_renewal_window(ca.cert, now):
         return None
     return ca
 
 
-def _why_reissue(serving: tls.KeyPair | None, ca: tls.KeyPair, hosts: Sequence[str], now: datetime) -> str:
+def _why_reissue(serving: pki.KeyPair | None, ca: pki.KeyPair, hosts: Sequence[str], now: datetime) -> str:
     if serving is None:
         return "none was there"
     if not _signed_by(serving.cert, ca.cert):
         return "the old one was not signed by this CA"
-    if sorted(tls.hosts_of(serving.cert)) != sorted(hosts):
+    if sorted(pki.hosts_of(serving.cert)) != sorted(hosts):
         return "the hosts changed"
     if _in_renewal_window(serving.cert, now):
         return "the old one was in its last third of life"
@@ -142,11 +142,11 @@ def check(directory: Path, expected_hosts: Sequence[str] = (), now: datetime | N
             found.problems.append(f"{what} expires in {left.days} days, within {WARN_BEFORE.days}: renew it")
         if now < cert.not_valid_before_utc:
             found.problems.append(f"{what} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M}")
-        if tls.load_pair(directory, cert_name, key_name) is None:
+        if pki.load_pair(directory, cert_name, key_name) is None:
             found.problems.append(f"{what}: {key_name} is missing or does not match {cert_name}")
     if "certificate" in loaded:
-        found.lines.append(f"hosts: {', '.join(tls.hosts_of(loaded['certificate']))}")
-        missing = [h for h in expected_hosts if h not in tls.hosts_of(loaded["certificate"])]
+        found.lines.append(f"hosts: {', '.join(pki.hosts_of(loaded['certificate']))}")
+        missing = [h for h in expected_hosts if h not in pki.hosts_of(loaded["certificate"])]
         if missing:
             found.problems.append(f"certificate does not cover {', '.join(missing)}")
     if len(loaded) == 2:

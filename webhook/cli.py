@@ -9,9 +9,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from webhook import __version__, admission, certs, manifests
-from webhook.certs import DEPLOY_DIR, SERVING_DAYS
+from webhook import __version__, admission
 from webhook.settings import Settings
+
+# Each command imports what only it needs when it runs: `serve` then holds neither uvicorn's
+# alternatives nor `cryptography` (about 8 MiB) nor the manifest tools, for the life of the server.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -89,9 +91,7 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="an extra DNS name or IP address (repeatable)",
     )
-    create.add_argument(
-        "--days", type=int, default=SERVING_DAYS, help=f"serving certificate lifetime ({SERVING_DAYS})"
-    )
+    create.add_argument("--days", type=int, help="serving certificate lifetime in days (default: a year)")
     create.add_argument("--out", type=Path, default=Path("certs"), help="directory to write (certs)")
     create.add_argument("--force", action="store_true", help="start over: a new CA and certificate")
     create.set_defaults(run=_certs_create)
@@ -108,7 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument(
         "--url", help="call this https URL instead of the Service (a webhook run outside the cluster)"
     )
-    show.add_argument("--deploy-dir", type=Path, default=DEPLOY_DIR, help="where the deploy/ manifests are")
+    show.add_argument(
+        "--deploy-dir", type=Path, help="where the deploy/ manifests are (default: this checkout's)"
+    )
     show.set_defaults(run=_certs_manifests)
     return parser
 
@@ -121,7 +123,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from webhook.server import serve  # uvicorn is imported only by the command that needs it
+    from webhook.server import serve
 
     serve(settings)
     return 0
@@ -146,6 +148,8 @@ def _review(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _inject(args: argparse.Namespace, settings: Settings) -> int:
+    from webhook import manifests
+
     try:
         inputs = _manifest_files(args.file)
     except OSError as error:
@@ -180,16 +184,21 @@ def _manifest_files(name: str) -> list[tuple[str, bytes]]:
 
 
 def _certs_create(args: argparse.Namespace, settings: Settings) -> int:
-    if args.days < 1:
+    from webhook import certs
+
+    days = certs.SERVING_DAYS if args.days is None else args.days
+    if days < 1:
         print("sidecar-webhook certs create: --days must be at least 1", file=sys.stderr)
         return 2
     hosts = certs.service_hosts(args.service, args.namespace, args.extra_hosts)
-    for line in certs.create(args.out, hosts, days=args.days, force=args.force):
+    for line in certs.create(args.out, hosts, days=days, force=args.force):
         print(f"{args.out}: {line}")
     return 0
 
 
 def _certs_check(args: argparse.Namespace, settings: Settings) -> int:
+    from webhook import certs
+
     if bool(args.service) != bool(args.namespace):
         print("sidecar-webhook certs check: give --service and --namespace together", file=sys.stderr)
         return 2
@@ -205,8 +214,10 @@ def _certs_check(args: argparse.Namespace, settings: Settings) -> int:
 def _certs_manifests(args: argparse.Namespace, settings: Settings) -> int:
     import yaml
 
+    from webhook import certs
+
     try:
-        documents = certs.manifests(args.dir, args.deploy_dir, args.url)
+        documents = certs.manifests(args.dir, args.deploy_dir or certs.DEPLOY_DIR, args.url)
     except certs.ManifestError as error:
         print(f"sidecar-webhook certs manifests: {error}", file=sys.stderr)
         return 2

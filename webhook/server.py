@@ -68,11 +68,15 @@ def serve(settings: Settings) -> None:
     logs.configure(settings.log_level)
     _allow_all_file_descriptors()
     cert_file, key_file = settings.cert_dir / tls.TLS_CERT, settings.cert_dir / tls.TLS_KEY
-    if tls.ensure_development_certificate(settings.cert_dir):
+    if not tls.has_pair(settings.cert_dir):
+        # Imported only here: `cryptography` would hold ~8 MiB of the server's memory for good.
+        from webhook import pki
+
+        pki.ensure_development_certificate(settings.cert_dir)
         _log.warning(
             "no certificate in %s: created a development CA and a certificate for %s; clients must trust %s",
             settings.cert_dir,
-            ", ".join(tls.DEVELOPMENT_HOSTS),
+            ", ".join(pki.DEVELOPMENT_HOSTS),
             settings.cert_dir / tls.CA_CERT,
         )
     state = ServingState()
