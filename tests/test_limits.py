@@ -1,6 +1,7 @@
 """Limits against clients that are slow, silent or many: the server closes or refuses them on time,
 and keeps answering everyone else meanwhile."""
 
+import asyncio
 import json
 import socket
 import ssl
@@ -10,14 +11,16 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.kube import load_review
 from tests.server import RunningServer
-from webhook import pki
+from webhook import app, pki
 from webhook.app import BODY_TIMEOUT_SECONDS
 from webhook.protocol import HEADER_TIMEOUT_SECONDS
+from webhook.settings import Settings
 
 # How long past a deadline the server may take to act on it, at most.
 SLACK_SECONDS = 10
@@ -155,3 +158,50 @@ def can_speak(client: ssl.SSLContext, version: ssl.TLSVersion) -> bool:
             return False
         finally:
             thread.join(timeout=10)
+
+
+def test_large_bodies_are_read_a_few_at_a_time_and_small_ones_never_wait(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The app in this process, called as uvicorn calls it, with a short body deadline. Clients that
+    stall in a large body take every turn, then as many more queue behind them: the first are cut off
+    at their deadline (408), the last are refused for want of a turn (503), and a small review is
+    answered at once meanwhile."""
+    monkeypatch.setattr(app, "BODY_TIMEOUT_SECONDS", 0.5)
+    small = json.dumps(load_review("seed-pod")).encode()
+    turns = app.LARGE_BODIES_AT_ONCE
+
+    async def call(endpoints: app.Endpoints, declared: int, body: bytes | None) -> tuple[int, bytes]:
+        async def receive() -> dict[str, object]:
+            if body is None:
+                await asyncio.Event().wait()  # a client that stalls in its body
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(declared).encode())]
+        scope = {"type": "http", "method": "POST", "path": "/mutate", "headers": headers}
+        await endpoints(scope, receive, send)  # type: ignore[arg-type]
+        return sent[0]["status"], sent[1]["body"]
+
+    async def scenario() -> None:
+        endpoints = app.create_app(settings)
+        large = 1024 * 1024
+        holders = [asyncio.create_task(call(endpoints, large, None)) for _ in range(turns)]
+        await asyncio.sleep(0.05)
+        queued = [asyncio.create_task(call(endpoints, large, None)) for _ in range(2 * turns)]
+        await asyncio.sleep(0.05)
+        status, answer = await call(endpoints, len(small), small)
+        assert status == 200 and json.loads(answer)["response"]["allowed"] is True
+        assert not any(task.done() for task in holders + queued), "the small review did not wait for them"
+        assert [(await task)[0] for task in holders] == [408] * turns
+        # The first `turns` of the queue get the turns the holders leave and stall in their turn (408);
+        # the others are still waiting for one at their deadline.
+        answers = [await task for task in queued]
+        assert [status for status, _ in answers] == [408] * turns + [503] * turns
+        assert b"other large reviews were being read" in answers[-1][1]
+
+    asyncio.run(scenario())
