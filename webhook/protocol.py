@@ -1,12 +1,19 @@
-"""uvicorn's HTTP/1.1 protocol with a deadline on each request's headers.
+"""uvicorn's HTTP/1.1 protocol, with a deadline on each request's headers and one write per response.
 
-uvicorn closes idle keep-alive connections, but not one whose client connects and sends nothing, or
-sends its headers a byte at a time (slowloris): each would hold a connection, and its memory, for
-ever. As with Go's ReadHeaderTimeout, a request's headers must be complete within HEADER_TIMEOUT of
-the connection opening or of the request's first byte; otherwise the connection is closed.
+Deadline: uvicorn closes idle keep-alive connections, but not one whose client connects and sends
+nothing, or sends its headers a byte at a time (slowloris): each would hold a connection, and its
+memory, for ever. As with Go's ReadHeaderTimeout, a request's headers must be complete within
+HEADER_TIMEOUT of the connection opening or of the request's first byte; otherwise the connection
+is closed.
+
+One write: uvicorn writes a response's headers and its body as they come, each its own TLS record
+and system call. Holding the writes of one turn of the event loop and sending them together, as
+Go's buffered response writer does, makes a review one record and one call: 6,600 -> 8,200 reviews/s
+(README, "Performance"). Nothing waits longer than that turn.
 """
 
 import asyncio
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -14,11 +21,13 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 HEADER_TIMEOUT_SECONDS = 10.0
 
 
-class HeaderDeadlineProtocol(HttpToolsProtocol):
+class HttpProtocol(HttpToolsProtocol):
     _header_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # Everything uvicorn writes goes through self.transport; its flow control keeps the real one.
+        self.transport = OneWritePerTurn(transport, self.loop)  # type: ignore[assignment]
         self._arm()
 
     def data_received(self, data: bytes) -> None:
@@ -47,3 +56,31 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         self._header_deadline = None
         if not self.transport.is_closing():
             self.transport.close()
+
+
+class OneWritePerTurn:
+    """A transport whose writes in one turn of the event loop reach the real one as a single write,
+    in order, at the end of the turn; closing sends what is held first."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport, self._loop = transport, loop
+        self._held: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self._held.append(data)
+        if len(self._held) == 1:
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        if not self._held:
+            return
+        data, self._held = b"".join(self._held), []
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)

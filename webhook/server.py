@@ -11,7 +11,7 @@ import uvicorn
 
 from webhook import logs, tls
 from webhook.app import ServingState, create_app
-from webhook.protocol import HeaderDeadlineProtocol
+from webhook.protocol import HttpProtocol
 from webhook.settings import Settings
 
 # The API server's webhook client keeps idle connections for 90 s (Go's default). Keeping ours
@@ -84,7 +84,7 @@ def serve(settings: Settings) -> None:
         create_app(settings, state),
         host=settings.host,
         port=settings.port,
-        http=HeaderDeadlineProtocol,
+        http=HttpProtocol,
         ssl_certfile=cert_file,
         ssl_keyfile=key_file,
         log_config=None,
