@@ -125,8 +125,8 @@ async def _read_body(scope: Scope, receive: Receive, large_bodies: asyncio.Semap
     declared = headers.get(b"content-length", b"")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         return _too_large()
-    # A body of unknown length (chunked) counts as large. The body is let go of when the review is
-    # done, before the next await: no other body can be read meanwhile, so the turn ends here.
+    # A body of unknown length (chunked) counts as large. The turn ends once the body is read: the
+    # review that follows runs without an await, so no other body is read while this one is held.
     large = not declared.isdigit() or int(declared) > LARGE_BODY_BYTES
     turn = large_bodies if large else contextlib.nullcontext()
     chunks, size, waiting = [], 0, True

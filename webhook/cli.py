@@ -12,8 +12,8 @@ from pydantic import ValidationError
 from webhook import __version__, admission
 from webhook.settings import Settings
 
-# Each command imports what only it needs when it runs: `serve` then holds neither uvicorn's
-# alternatives nor `cryptography` (about 8 MiB) nor the manifest tools, for the life of the server.
+# Each command imports the modules only it needs when it runs, so the server never holds
+# `cryptography` (about 8 MiB), yaml or jsonpatch for its whole life.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
