@@ -123,11 +123,12 @@ async def _read_body(scope: Scope, receive: Receive, large_bodies: asyncio.Semap
     if media_type != "application/json":
         return refuse(415, "the content type must be application/json", [f"got {media_type or 'none'!r}"])
     declared = headers.get(b"content-length", b"")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+    length = int(declared) if declared.isdigit() else None  # None: chunked, of unknown length
+    if length is not None and length > MAX_BODY_BYTES:
         return _too_large()
-    # A body of unknown length (chunked) counts as large. The turn ends once the body is read: the
-    # review that follows runs without an await, so no other body is read while this one is held.
-    large = not declared.isdigit() or int(declared) > LARGE_BODY_BYTES
+    # A body of unknown length counts as large. The turn ends once the body is read: the review
+    # that follows runs without an await, so no other body is read while this one is held.
+    large = length is None or length > LARGE_BODY_BYTES
     turn = large_bodies if large else contextlib.nullcontext()
     chunks, size, waiting = [], 0, True
     try:

@@ -39,8 +39,8 @@ class JsonFormatter(logging.Formatter):
 
 
 class Lines:
-    """Info lines of one logger, written to stderr with one write each: a line never interleaves
-    with another, and a reader of the log sees it as soon as the review is answered."""
+    """Info lines of one logger, written to stderr with one write each, so a line is never split
+    between writes; the review's line goes out before its answer."""
 
     def __init__(self, name: str) -> None:
         self.name = name
