@@ -166,7 +166,11 @@ def create_app(settings: Settings, state: ServingState | None = None) -> FastAPI
     async def healthz() -> Response:
         return Response(_HEALTHY, media_type=_JSON)
 
-    @app.get("/readyz", summary="200 once the certificate is loaded, 503 from the start of shutdown")
+    @app.get(
+        "/readyz",
+        summary="200 once the certificate is loaded, 503 from the start of shutdown",
+        responses={503: {"description": "starting, or draining before shutdown"}},
+    )
     async def readyz() -> Response:
         status = serving.status()
         return Response(orjson.dumps({"status": status}), 200 if status == "ready" else 503, media_type=_JSON)
