@@ -344,6 +344,7 @@ def _wrk(
         "-t1",
         f"-c{connections}",
         f"-d{max(1, round(seconds))}s",
+        "--timeout=30s",  # a slow answer is a latency to report, not an error (wrk's default is 2 s)
         "-s",
         str(LUA),
         f"https://127.0.0.1:{port}{path}",
