@@ -79,6 +79,8 @@ def test_benchmark_measures_the_go_peer_in_the_same_run_and_reports_ratios(short
         )
         assert ratio["throughput"] == pytest.approx(throughput)
         assert ratio["p99"] == pytest.approx(ours[name]["p99_ms"] / theirs[name]["p99_ms"])
+        cpu = ours[name]["server_cpu_s_per_1000"] / theirs[name]["server_cpu_s_per_1000"]
+        assert ratio["cpu_per_review"] == pytest.approx(cpu)
     assert "ours / Go" in short_run.stdout
     assert "target seed pod: throughput >= 1.3x Go's:" in short_run.stdout
 
