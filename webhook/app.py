@@ -1,7 +1,7 @@
 """The HTTPS service: FastAPI routes that read the call, run the core, and answer.
 
-The hot path stays lean inside FastAPI: /mutate reads its body through one dependency (no body
-model, so FastAPI neither parses nor validates it) and answers with a raw `Response` of the bytes
+The hot path stays lean inside FastAPI: /mutate reads its body itself, from the request (no body
+model, so FastAPI neither parses nor validates it), and answers with a raw `Response` of the bytes
 `webhook/admission.py` encoded with orjson (no response model to validate). The models of the
 AdmissionReview are in the app's OpenAPI schema for readers (`sidecar-webhook openapi`), not on
 the request's way.
@@ -58,7 +58,7 @@ _REFUSALS = {
     408: f"the body did not arrive within {BODY_TIMEOUT_SECONDS:g} s of the headers",
     413: f"the body is larger than {MAX_BODY_BYTES} bytes",
     415: "the content type is not application/json",
-    503: f"no turn to read a body over {LARGE_BODY_BYTES} bytes came within {BODY_TIMEOUT_SECONDS:g} s",
+    503: f"no turn to read a body over {LARGE_BODY_BYTES} bytes came in time to read it",
 }
 
 
@@ -72,7 +72,7 @@ class ServingState:
     draining: bool = False
 
     def status(self) -> str:
-        """ "ready", or why not."""
+        """One word: ready, or why not (starting, draining)."""
         return "draining" if self.draining else "ready" if self.ready else "starting"
 
 
