@@ -1,21 +1,22 @@
 """The one Settings object: built once by the entry point from flags and SIDECAR_WEBHOOK_* variables."""
 
-import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Self
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Kubernetes resource.Quantity syntax (a number, then an optional binary, decimal or exponent suffix).
+from webhook.quantity import parse_quantity
+
+RESOURCES = ("cpu", "memory")
+
+
 # Checked at startup: a bad quantity would make the API server reject every pod we inject.
-_QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?$")
-
-
 def _quantity(value: str) -> str:
-    if not _QUANTITY.match(value):
-        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 10m, 0.5, 32Mi)")
-    return value
+    quantity = parse_quantity(value.strip())
+    if quantity.value < 0:
+        raise ValueError(f"{value!r} is negative")
+    return quantity.text
 
 
 def _absolute_dirs(value: frozenset[str]) -> frozenset[str]:
@@ -51,6 +52,10 @@ class Settings(BaseSettings):
     sidecar_memory_request: Quantity = "8Mi"
     sidecar_cpu_limit: Quantity = "50m"
     sidecar_memory_limit: Quantity = "32Mi"
+    # The most a pod may ask for its sidecar through the sidecar.example/*-request and *-limit
+    # annotations: a tail needs far less, so this is a ceiling against typos ("1" for "1m"), not a budget.
+    sidecar_cpu_max: Quantity = "1"
+    sidecar_memory_max: Quantity = "512Mi"
 
     # A log directory here would get an emptyDir mounted over it, hiding what the image ships there.
     protected_dirs: Directories = frozenset(
@@ -58,3 +63,19 @@ class Settings(BaseSettings):
     )
     # Kernel filesystems: the runtime refuses (or breaks the container with) any mount below them.
     protected_trees: Directories = frozenset({"/dev", "/proc", "/sys"})
+
+    @model_validator(mode="after")
+    def _requests_within_limits_within_maxima(self) -> Self:
+        for resource in RESOURCES:
+            request, limit, maximum = (
+                getattr(self, f"sidecar_{resource}_{kind}") for kind in ("request", "limit", "max")
+            )
+            values = [parse_quantity(q).value for q in (request, limit, maximum)]
+            if values[1] == 0:
+                raise ValueError(f"sidecar_{resource}_limit is 0, which Kubernetes reads as no limit")
+            if not values[0] <= values[1] <= values[2]:
+                raise ValueError(
+                    f"sidecar_{resource}_request {request}, _limit {limit} and _max {maximum} "
+                    "must be in that order, each at most the next"
+                )
+        return self

@@ -2,27 +2,27 @@
 
 from typing import Any
 
-from webhook.annotations import SERVICE_ACCOUNT_DIR
+from webhook.annotations import SERVICE_ACCOUNT_DIR, Resources
+from webhook.identity import Identity
 from webhook.settings import Settings
 
 LOG_VOLUME = "sidecar-logs"
 # An empty volume mounted at the ServiceAccount token path: the ServiceAccount admission plugin
 # skips containers that already have a mount there, so the sidecar never receives API credentials.
 NO_TOKEN_VOLUME = "sidecar-no-token"
-NOBODY = 65534  # busybox's `nobody`: a non-root uid the image knows
 
 # `-F` follows the file by name: it usually doesn't exist yet when the sidecar starts, and is
 # rotated later. `-n +1` prints it from its first line. Exec form: the path is data, never shell.
 TAIL = ("tail", "-n", "+1", "-F")
 
 
-def security_context() -> dict[str, Any]:
+def security_context(identity: Identity) -> dict[str, Any]:
     """Pod Security Standard "restricted", met by the sidecar on its own. A new dict each time:
     a patched pod must not share mutable parts with another."""
     return {
         "runAsNonRoot": True,
-        "runAsUser": NOBODY,
-        "runAsGroup": NOBODY,
+        "runAsUser": identity.uid,
+        "runAsGroup": identity.gid,
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]},
@@ -53,6 +53,8 @@ def sidecar_container(
     mounts: list[dict[str, Any]],
     *,
     native: bool,
+    resources: Resources,
+    identity: Identity,
     settings: Settings,
 ) -> dict[str, Any]:
     container: dict[str, Any] = {
@@ -60,11 +62,8 @@ def sidecar_container(
         "image": settings.sidecar_image,
         "imagePullPolicy": "IfNotPresent",
         "command": tail_command(file),
-        "resources": {
-            "requests": {"cpu": settings.sidecar_cpu_request, "memory": settings.sidecar_memory_request},
-            "limits": {"cpu": settings.sidecar_cpu_limit, "memory": settings.sidecar_memory_limit},
-        },
-        "securityContext": security_context(),
+        "resources": {"requests": dict(resources.requests), "limits": dict(resources.limits)},
+        "securityContext": security_context(identity),
         "volumeMounts": mounts,
     }
     if native:
