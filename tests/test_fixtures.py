@@ -74,7 +74,10 @@ EXPECTED: dict[str, Injected | Allowed | Denied] = {
     ),
     "reinvocation-after-injection": Allowed("already-injected"),
     "per-pod-resources": Injected(
-        {"log-app": "/var/log/app.log"}, {"app": "/var/log"}, requests=("100m", "8Mi"), limits=("100m", "64Mi")
+        {"log-app": "/var/log/app.log"},
+        {"app": "/var/log"},
+        requests=("100m", "8Mi"),
+        limits=("100m", "64Mi"),
     ),
     "request-above-limit": Denied(
         ("sidecar.example/cpu-request", '"500m"', "above the limit", "sidecar.example/cpu-limit", '"0.2"')
