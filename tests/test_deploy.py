@@ -1,4 +1,4 @@
-"""deploy/, the Dockerfile and deploy/minikube.sh: valid, agreeing with each other and with the fixtures."""
+"""deploy/, the Dockerfile and deploy/install.sh: valid, agreeing with each other and with the fixtures."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from tests import kube
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 DOCKERFILE = ROOT / "Dockerfile"
-SCRIPT = DEPLOY / "minikube.sh"
+SCRIPT = DEPLOY / "install.sh"
 SEED_POD = ROOT / "tests" / "fixtures" / "manifests" / "01-seed-pod.yaml"
 ADMISSION_DIR = ROOT / "tests" / "fixtures" / "admission"
 ADMISSION_FIXTURES = sorted(ADMISSION_DIR.glob("*.json"))
@@ -238,9 +238,10 @@ def test_deployment_runs_as_the_dockerfile_user() -> None:
     assert (security["runAsUser"], security["runAsGroup"]) == (uid, gid)
 
 
-def test_deployment_runs_the_image_minikube_builds() -> None:
+def test_deployment_runs_the_image_the_install_script_loads_by_default() -> None:
     container = webhook_container()
     assert (container["image"], container["imagePullPolicy"]) == ("sidecar-webhook:dev", "IfNotPresent")
+    assert re.search(r"^DEFAULT_IMAGE=sidecar-webhook:dev ", SCRIPT.read_text(), re.MULTILINE)
 
 
 def test_webhook_pods_get_no_api_token() -> None:
@@ -553,17 +554,17 @@ def test_build_context_holds_only_what_the_builder_copies() -> None:
     assert allowed == copied
 
 
-# --- The minikube script ------------------------------------------------------------------------------
+# --- The install script -------------------------------------------------------------------------------
 
 
-def test_minikube_script_is_valid_bash() -> None:
+def test_install_script_is_valid_bash() -> None:
     bash = shutil.which("bash")
-    assert bash is not None, "bash is needed to check deploy/minikube.sh"
+    assert bash is not None, "bash is needed to check deploy/install.sh"
     result = subprocess.run([bash, "-n", str(SCRIPT)], capture_output=True, text=True, check=False)
     assert (result.returncode, result.stderr) == (0, "")
 
 
-def test_minikube_script_passes_shellcheck() -> None:
+def test_install_script_passes_shellcheck() -> None:
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
         pytest.skip("shellcheck is not installed (apt-get install shellcheck); CI installs pip packages only")
@@ -571,36 +572,38 @@ def test_minikube_script_passes_shellcheck() -> None:
     assert (result.returncode, result.stdout) == (0, "")
 
 
-# Stands in for minikube, kubectl and sidecar-webhook: logs each call, answers the few that need answers.
+# Stands in for minikube, kind, docker, kubectl and sidecar-webhook: logs each call (and the overlay an
+# `apply -k` is given), answers the few that need answers.
 FAKE_TOOL = """#!/usr/bin/env bash
 printf '%s %s\\n' "$(basename "$0")" "$*" >> "$FAKE_CALLS"
 case "$(basename "$0") $*" in
+  "kubectl "*"config current-context") echo "$FAKE_CONTEXT" ;;
   "kubectl "*"get --raw /version") printf '{\\n  "major": "1",\\n  "minor": "%s"\\n}\\n' "$FAKE_MINOR" ;;
   "kubectl "*"apply -f -") sed 's/^/stdin: /' >> "$FAKE_CALLS" ;;
+  "kubectl "*"apply -k .install-image."*) sed "s/^/overlay: /" "${@: -1}"/kustomization.yaml >>"$FAKE_CALLS";;
   *" certs manifests "*) echo "kind: MutatingWebhookConfiguration" ;;
 esac
 """
 
 
-def run_script(tmp_path: Path, *args: str, minor: str = "30", **env: str) -> tuple[int, str, list[str]]:
-    """Run deploy/minikube.sh against fake tools; return its exit code, stderr and the calls it made."""
+def run_script(
+    tmp_path: Path, *args: str, minor: str = "30", context: str = "minikube", **env: str
+) -> tuple[int, str, list[str]]:
+    """Run deploy/install.sh against fake tools; return its exit code, stderr and the calls it made."""
     tools = tmp_path / "bin"
     tools.mkdir()
-    for name in ("minikube", "kubectl", "sidecar-webhook", "custom-webhook"):
+    for name in ("minikube", "kind", "docker", "kubectl", "sidecar-webhook", "custom-webhook"):
         (tools / name).write_text(FAKE_TOOL)
         (tools / name).chmod(0o755)
     calls = tmp_path / "calls"
     calls.touch()
-    environment = {key: value for key, value in os.environ.items() if key != "MINIKUBE_PROFILE"}
-    environment.pop("SIDECAR_WEBHOOK_BIN", None)
+    settings = ("MINIKUBE_PROFILE", "KIND_CLUSTER", "KUBE_CONTEXT", "KUBE_KIT", "SIDECAR_WEBHOOK_")
+    environment = {key: value for key, value in os.environ.items() if not key.startswith(settings)}
     environment |= {"PATH": f"{tools}{os.pathsep}{os.environ['PATH']}", "FAKE_CALLS": str(calls)}
-    environment |= {"FAKE_MINOR": minor, **env}
+    environment |= {"FAKE_MINOR": minor, "FAKE_CONTEXT": context, **env}
     command = ["bash", str(SCRIPT), *args]
     result = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True)
     return result.returncode, result.stderr, calls.read_text().splitlines()
-
-
-KUBECTL = "kubectl --context minikube"
 
 
 def assert_in_order(calls: list[str], expected: list[str]) -> None:
@@ -610,7 +613,7 @@ def assert_in_order(calls: list[str], expected: list[str]) -> None:
 
 
 @pytest.mark.parametrize("minor", ["30", "37+"])
-def test_minikube_up_installs_then_sets_the_ca_bundle_then_shows_the_sidecar_log(
+def test_up_on_minikube_builds_installs_sets_the_ca_bundle_then_shows_the_sidecar_log(
     tmp_path: Path, minor: str
 ) -> None:
     returncode, stderr, calls = run_script(tmp_path, "up", minor=minor)
@@ -622,20 +625,71 @@ def test_minikube_up_installs_then_sets_the_ca_bundle_then_shows_the_sidecar_log
         [
             "minikube -p minikube image build -t sidecar-webhook:dev .",
             "sidecar-webhook certs create --service sidecar-webhook --namespace sidecar-webhook --out certs",
-            f"{KUBECTL} apply -k deploy/",
+            "kubectl apply -k deploy/",
             "sidecar-webhook certs manifests --dir certs",
             "stdin: kind: MutatingWebhookConfiguration",
-            f"{KUBECTL} -n sidecar-webhook rollout status deploy/sidecar-webhook --timeout=120s",
-            f"{KUBECTL} -n default apply -f {seed_path}",
-            f"{KUBECTL} -n default wait --for=condition=Ready pod/{seed} --timeout=120s",
-            f"{KUBECTL} -n default logs {seed} -c log-app",
+            "kubectl -n sidecar-webhook rollout status deploy/sidecar-webhook --timeout=180s",
+            f"kubectl -n default apply -f {seed_path}",
+            f"kubectl -n default wait --for=condition=Ready pod/{seed} --timeout=120s",
+            f"kubectl -n default logs {seed} -c log-app",
         ],
     )
-    assert f"{KUBECTL} apply -f -" in calls
-    assert all(call.startswith(f"{KUBECTL} ") for call in calls if call.startswith("kubectl"))
+    assert "kubectl apply -f -" in calls
 
 
-def test_minikube_up_uses_the_cli_named_by_sidecar_webhook_bin(tmp_path: Path) -> None:
+def test_every_kubectl_call_goes_to_the_context_named_by_kube_context(tmp_path: Path) -> None:
+    returncode, stderr, calls = run_script(tmp_path, "up", KUBE_CONTEXT="minikube")
+    assert returncode == 0, stderr
+    assert all(call.startswith("kubectl --context minikube ") for call in calls if call.startswith("kubectl"))
+
+
+def test_up_on_kind_builds_with_docker_and_loads_into_the_cluster_of_the_context(tmp_path: Path) -> None:
+    returncode, stderr, calls = run_script(tmp_path, "up", context="kind-dev")
+    assert returncode == 0, stderr
+    assert_in_order(
+        calls,
+        ["docker build -t sidecar-webhook:dev .", "kind load docker-image sidecar-webhook:dev --name dev"],
+    )
+    assert not [call for call in calls if call.startswith("minikube")]
+
+
+def test_an_image_in_a_registry_is_pushed_and_set_through_a_kustomize_overlay(tmp_path: Path) -> None:
+    image = "registry.example.com:5000/team/sidecar-webhook:v1.2"
+    returncode, stderr, calls = run_script(
+        tmp_path, "up", context="prod", SIDECAR_WEBHOOK_IMAGE=image, SIDECAR_WEBHOOK_LOAD="push"
+    )
+    assert returncode == 0, stderr
+    assert_in_order(calls, [f"docker build -t {image} .", f"docker push {image}"])
+    overlay = [call.removeprefix("overlay: ") for call in calls if call.startswith("overlay: ")]
+    assert yaml.safe_load("\n".join(overlay)) == {
+        "resources": ["../deploy"],
+        "images": [
+            {
+                "name": "sidecar-webhook",
+                "newName": "registry.example.com:5000/team/sidecar-webhook",
+                "newTag": "v1.2",
+            }
+        ],
+    }
+    assert "kubectl apply -k deploy/" not in calls
+    assert list(tmp_path.glob(".install-image.*")) == [], "the overlay is removed"
+
+
+def test_load_none_on_an_unknown_cluster_builds_nothing(tmp_path: Path) -> None:
+    returncode, stderr, calls = run_script(tmp_path, "up", context="some-kubeadm-cluster")
+    assert returncode == 0, stderr
+    assert not [call for call in calls if call.split(" ")[0] in ("minikube", "kind", "docker")]
+    assert "kubectl apply -k deploy/" in calls
+
+
+def test_an_unknown_load_method_is_refused_by_name(tmp_path: Path) -> None:
+    returncode, stderr, calls = run_script(tmp_path, "image", SIDECAR_WEBHOOK_LOAD="scp")
+    assert returncode != 0
+    assert "SIDECAR_WEBHOOK_LOAD=scp" in stderr and "minikube, kind, push, kit or none" in stderr
+    assert not [call for call in calls if "build" in call]
+
+
+def test_up_uses_the_cli_named_by_sidecar_webhook_bin(tmp_path: Path) -> None:
     returncode, stderr, calls = run_script(
         tmp_path, "up", SIDECAR_WEBHOOK_BIN=str(tmp_path / "bin" / "custom-webhook")
     )
@@ -644,27 +698,34 @@ def test_minikube_up_uses_the_cli_named_by_sidecar_webhook_bin(tmp_path: Path) -
     assert cli_calls == ["custom-webhook", "custom-webhook"]
 
 
-def test_minikube_up_refuses_a_cluster_older_than_1_30_before_changing_anything(tmp_path: Path) -> None:
+def test_up_refuses_a_cluster_older_than_1_30_before_changing_anything(tmp_path: Path) -> None:
     returncode, stderr, calls = run_script(tmp_path, "up", minor="29")
     assert returncode != 0
     assert "1.30" in stderr
-    assert [call for call in calls if "apply" in call or "image build" in call] == []
+    assert [call for call in calls if "apply" in call or "build" in call] == []
 
 
-def test_minikube_down_removes_the_webhook_configuration_before_its_service(tmp_path: Path) -> None:
+def test_a_failing_step_stops_the_install(tmp_path: Path) -> None:
+    returncode, stderr, calls = run_script(tmp_path, "up", SIDECAR_WEBHOOK_LOAD="kit", KUBE_KIT=str(tmp_path))
+    assert returncode != 0
+    assert f"no kit at {tmp_path}" in stderr
+    assert [call for call in calls if "apply" in call] == []
+
+
+def test_down_removes_the_webhook_configuration_before_its_service(tmp_path: Path) -> None:
     returncode, stderr, calls = run_script(tmp_path, "down")
     assert returncode == 0, stderr
     assert_in_order(
         calls,
         [
-            f"{KUBECTL} -n default delete -f {SEED_POD.relative_to(ROOT)} --ignore-not-found --now",
-            f"{KUBECTL} delete mutatingwebhookconfiguration sidecar-webhook --ignore-not-found",
-            f"{KUBECTL} delete -k deploy/ --ignore-not-found",
+            f"kubectl -n default delete -f {SEED_POD.relative_to(ROOT)} --ignore-not-found --now",
+            "kubectl delete mutatingwebhookconfiguration sidecar-webhook --ignore-not-found",
+            "kubectl delete -k deploy/ --ignore-not-found",
         ],
     )
 
 
-def test_minikube_script_without_a_command_prints_its_usage(tmp_path: Path) -> None:
+def test_install_script_without_a_command_prints_its_usage(tmp_path: Path) -> None:
     returncode, stderr, calls = run_script(tmp_path)
     assert returncode != 0
     assert "usage" in stderr

@@ -33,10 +33,10 @@ from webhook.settings import Settings
 from webhook.sidecar import (
     LOG_VOLUME,
     NO_TOKEN_VOLUME,
+    followed_file,
     log_mount,
     no_token_mount,
     sidecar_container,
-    tail_command,
 )
 
 # Pods that are meant to finish: a classic sidecar never exits, so such a pod never completes.
@@ -163,11 +163,11 @@ def _inject(spec: PodSpec, found: Mapping[str, str], wanted: LogRequest, setting
 
 def _existing_sidecars(containers: Sequence[Container], files: Sequence[str]) -> dict[str, str]:
     """Containers that already tail a requested file, by file: the sidecars a first pass added."""
-    by_command = {tuple(tail_command(file)): file for file in files}
+    wanted = set(files)
     found: dict[str, str] = {}
     for container in containers:
-        file = by_command.get(tuple(container.command or ()))
-        if file is not None:
+        file = followed_file(container.command)
+        if file in wanted:
             found.setdefault(file, container.name)
     return found
 
