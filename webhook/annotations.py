@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from webhook.quantity import Quantity, parse_quantity
-from webhook.settings import RESOURCES, Settings
+from webhook.settings import Settings
 
 LOG_PATH = "sidecar.example/log-path"
 CONTAINERS = "sidecar.example/containers"
@@ -53,7 +53,7 @@ def _quote(value: object, limit: int = 200) -> str:
 class Resources:
     """The sidecar's requests and limits, as quantities the API server accepts, by resource."""
 
-    requests: tuple[tuple[str, str], ...]  # (resource, quantity), in RESOURCES order
+    requests: tuple[tuple[str, str], ...]  # (resource, quantity): cpu, then memory
     limits: tuple[tuple[str, str], ...]
 
 
@@ -176,12 +176,13 @@ def _resources(values: Mapping[str, Any], settings: Settings) -> Resources:
     """Each annotation sets its own field and the server's defaults fill the rest; a default that
     would contradict an annotation gives way to it: a request above the default limit raises the
     limit to the request, a limit below the default request lowers the request to the limit."""
-    requests: list[tuple[str, str]] = []
-    limits: list[tuple[str, str]] = []
-    for resource in RESOURCES:
-        request_annotation, limit_annotation = RESOURCE_ANNOTATIONS[resource]
+    requests = {"cpu": settings.sidecar_cpu_request, "memory": settings.sidecar_memory_request}
+    limits = {"cpu": settings.sidecar_cpu_limit, "memory": settings.sidecar_memory_limit}
+    for resource, (request_annotation, limit_annotation) in RESOURCE_ANNOTATIONS.items():
         request: Quantity | None = values[request_annotation]
         limit: Quantity | None = values[limit_annotation]
+        if request is None and limit is None:
+            continue  # the common case: the defaults, which need no parsing
         if request is not None and limit is not None and request.value > limit.value:
             raise AnnotationError(
                 request_annotation,
@@ -190,16 +191,15 @@ def _resources(values: Mapping[str, Any], settings: Settings) -> Resources:
                 f"a {resource} request at most its limit",
             )
         if request is None:
-            request = parse_quantity(getattr(settings, f"sidecar_{resource}_request"))
+            request = parse_quantity(requests[resource])
             if limit is not None and limit.value < request.value:
                 request = limit
         if limit is None:
-            limit = parse_quantity(getattr(settings, f"sidecar_{resource}_limit"))
+            limit = parse_quantity(limits[resource])
             if limit.value < request.value:
                 limit = request
-        requests.append((resource, request.text))
-        limits.append((resource, limit.text))
-    return Resources(tuple(requests), tuple(limits))
+        requests[resource], limits[resource] = request.text, limit.text
+    return Resources(tuple(requests.items()), tuple(limits.items()))
 
 
 # annotation -> (parser, value when the annotation is absent)

@@ -18,6 +18,7 @@ class Identity:
 
 
 AS_NOBODY = Identity(NOBODY, NOBODY)
+_NOTHING_SAID = SecurityContext()
 
 
 def sidecar_identity(
@@ -30,11 +31,11 @@ def sidecar_identity(
     already owns the app's files, so a group adds nothing to reading them, and left unset the
     group would be 0, as busybox's /etc/passwd doesn't know the app's uid.
     """
-    pod_context = pod_context or SecurityContext()
+    pod_context = pod_context or _NOTHING_SAID
     users: dict[str, int | None] = {}
     groups: set[int | None] = set()
     for container in targets:
-        own = container.security_context or SecurityContext()
+        own = container.security_context or _NOTHING_SAID
         users[container.name] = own.run_as_user if own.run_as_user is not None else pod_context.run_as_user
         groups.add(own.run_as_group if own.run_as_group is not None else pod_context.run_as_group)
     said = set(users.values())

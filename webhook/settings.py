@@ -8,7 +8,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from webhook.quantity import parse_quantity
 
-RESOURCES = ("cpu", "memory")
+_RESOURCES = ("cpu", "memory")
 
 
 # Checked at startup: a bad quantity would make the API server reject every pod we inject.
@@ -66,7 +66,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _requests_within_limits_within_maxima(self) -> Self:
-        for resource in RESOURCES:
+        for resource in _RESOURCES:
             request, limit, maximum = (
                 getattr(self, f"sidecar_{resource}_{kind}") for kind in ("request", "limit", "max")
             )
