@@ -8,6 +8,8 @@ import re
 import time
 from typing import Any
 
+import pytest
+
 from tests.e2e.cluster import (
     NAMESPACE,
     ROOT,
@@ -180,6 +182,48 @@ def test_a_restricted_namespace_admits_and_runs_an_injected_pod_of_a_non_root_ap
     wait_ready(namespace, "restricted")
     lines = wait_for(lambda: logs(namespace, "restricted", "log-app"), "the sidecar showing the app's lines")
     assert all(DATE.match(line) for line in lines), lines
+
+
+# An app that keeps its log to itself: umask 077 makes the file rw------- (0600), owned by its uid.
+PRIVATE_LOG = "umask 077; " + STOPS_ON_SIGTERM
+
+
+def private_log_pod(name: str, *users: int) -> dict[str, Any]:
+    """A restricted pod whose containers (the first writes the log) run as `users`, all targets."""
+    manifest = pod(name, PRIVATE_LOG, spec={"securityContext": NON_ROOT_POD})
+    app = manifest["spec"]["containers"][0]
+    manifest["spec"]["containers"] = [
+        {
+            **app,
+            "name": f"app-{uid}",
+            "securityContext": {**RESTRICTED_APP, "runAsUser": uid, "runAsGroup": uid},
+        }
+        for uid in users
+    ]
+    return manifest
+
+
+def test_the_sidecar_shows_a_log_its_app_writes_0600_as_uid_1000(namespace: str) -> None:
+    apply(private_log_pod("private", 1000), namespace)
+    wait_ready(namespace, "private")
+    lines = wait_for(lambda: logs(namespace, "private", "log-app"), "the sidecar showing the private log")
+    assert all(DATE.match(line) for line in lines), lines
+    mode = kubectl(
+        "-n", namespace, "exec", "private", "-c", "app-1000", "--", "stat", "-c", "%a %u", "/var/log/app.log"
+    )
+    assert mode.split() == ["600", "1000"]
+
+    # The control: targets of different users keep the sidecar at 65534, which cannot read that file.
+    apply(private_log_pod("two-users", 1000, 2000), namespace)
+    wait_ready(namespace, "two-users")
+    wait_for(
+        lambda: kubectl(
+            "-n", namespace, "exec", "two-users", "-c", "app-1000", "--", "ls", "/var/log/app.log"
+        ),
+        "the app to write its log",
+    )
+    with pytest.raises(KubectlError, match="Permission denied"):
+        kubectl("-n", namespace, "exec", "two-users", "-c", "log-app", "--", "cat", "/var/log/app.log")
 
 
 def test_a_namespace_with_a_resource_quota_accepts_an_injected_pod(namespace: str) -> None:
