@@ -54,14 +54,14 @@ def create(
     said: list[str] = []
     ca = None if force else _usable_ca(directory, now)
     if ca is None:
-        ca = pki.create_ca("sidecar-webhook CA", CA_DAYS, now)
+        ca = pki.create_ca("sidecar-webhook CA", timedelta(days=CA_DAYS), now)
         said.append(f"created a new CA, valid until {ca.cert.not_valid_after_utc:%Y-%m-%d}")
     else:
         said.append(f"kept the CA, valid until {ca.cert.not_valid_after_utc:%Y-%m-%d}")
     serving = pki.load_pair(directory, tls.TLS_CERT, tls.TLS_KEY)
     why = "forced" if force else _why_reissue(serving, ca, hosts, now)
     if serving is None or why:
-        serving = pki.issue_serving_certificate(ca, hosts, days, now)
+        serving = pki.issue_serving_certificate(ca, hosts, timedelta(days=days), now)
         said.append(
             f"issued a certificate for {', '.join(hosts)} ({why}), valid until "
             f"{serving.cert.not_valid_after_utc:%Y-%m-%d}"
