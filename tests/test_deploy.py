@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from tests import kube
+from webhook.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -85,7 +86,16 @@ def container_port(port: int | str) -> int:
 
 
 def container_env() -> dict[str, str]:
-    return {var["name"]: var["value"] for var in webhook_container().get("env", [])}
+    """The webhook container's variables with a value (those from the downward API: env_from_fields)."""
+    return {var["name"]: var["value"] for var in webhook_container().get("env", []) if "value" in var}
+
+
+def env_from_fields() -> dict[str, str]:
+    return {
+        var["name"]: var["valueFrom"]["fieldRef"]["fieldPath"]
+        for var in webhook_container().get("env", [])
+        if "valueFrom" in var
+    }
 
 
 LABEL_OPERATORS: dict[str, Callable[[dict[str, str], str, list[str]], bool]] = {
@@ -129,10 +139,14 @@ def test_deploy_holds_each_object_of_the_install_once_with_its_name() -> None:
             "Service",
             "PodDisruptionBudget",
             "MutatingWebhookConfiguration",
+            "Role",
+            "RoleBinding",
+            "ClusterRole",
+            "ClusterRoleBinding",
         ]
     )
     assert {obj["metadata"]["name"] for obj in objects.values()} == {NAMESPACE}
-    cluster_scoped = {"Namespace", "MutatingWebhookConfiguration"}
+    cluster_scoped = {"Namespace", "MutatingWebhookConfiguration", "ClusterRole", "ClusterRoleBinding"}
     for kind, obj in objects.items():
         assert obj["metadata"].get("namespace") == (None if kind in cluster_scoped else NAMESPACE), kind
 
@@ -214,15 +228,35 @@ def test_webhook_calls_the_service_on_its_port_and_path() -> None:
     assert 443 in [port["port"] for port in service["spec"]["ports"]]
 
 
-def test_deployment_mounts_the_tls_secret_where_the_server_reads_it() -> None:
-    (mount,) = webhook_container()["volumeMounts"]
-    (volume,) = [volume for volume in pod_spec()["volumes"] if volume["name"] == mount["name"]]
-    assert volume["secret"]["secretName"] == "sidecar-webhook-tls"
-    # Owner and group (fsGroup) only: tls.key is not world-readable.
-    assert volume["secret"]["defaultMode"] == 0o440
-    assert pod_spec()["securityContext"]["fsGroup"] == pod_spec()["securityContext"]["runAsGroup"]
-    assert (mount["mountPath"], mount["readOnly"]) == (CERT_DIR, True)
-    assert container_env()["SIDECAR_WEBHOOK_CERT_DIR"] == CERT_DIR
+def test_deployment_keeps_its_certificates_in_the_cluster_and_serves_them_from_memory() -> None:
+    # The in-cluster mode writes the certificate it serves to the cert dir: an emptyDir in memory,
+    # since the root filesystem is read-only and the key should not reach the node's disk.
+    env = container_env()
+    assert env["SIDECAR_WEBHOOK_CERTIFICATES"] == "cluster"
+    assert env["SIDECAR_WEBHOOK_CERT_DIR"] == CERT_DIR
+    (mount,) = [m for m in webhook_container()["volumeMounts"] if m["mountPath"] == CERT_DIR]
+    (volume,) = [v for v in pod_spec()["volumes"] if v["name"] == mount["name"]]
+    assert volume == {"name": mount["name"], "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}
+    assert not any("secret" in v for v in pod_spec()["volumes"]), "no Secret volume in the default install"
+
+
+def test_secret_and_service_namespace_are_the_pods_own() -> None:
+    # kustomize's namespace (or an overlay's) moves the Secret and the Service names with the pods.
+    assert env_from_fields() == {
+        "SIDECAR_WEBHOOK_SECRET_NAMESPACE": "metadata.namespace",
+        "SIDECAR_WEBHOOK_SERVICE_NAMESPACE": "metadata.namespace",
+    }
+
+
+def test_settings_defaults_name_the_objects_of_deploy() -> None:
+    defaults = Settings.model_validate({})
+    service = deploy_objects()["Service"]["metadata"]
+    configuration = deploy_objects()["MutatingWebhookConfiguration"]["metadata"]
+    (secret_rule, _) = deploy_objects()["Role"]["rules"]
+    assert defaults.service_name == service["name"]
+    assert defaults.service_namespace == defaults.secret_namespace == service["namespace"]
+    assert defaults.webhook_configuration == configuration["name"]
+    assert secret_rule["resourceNames"] == [defaults.secret_name]
 
 
 @pytest.mark.parametrize(("probe", "path"), [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")])
@@ -243,11 +277,80 @@ def test_deployment_runs_the_image_minikube_builds() -> None:
     assert (container["image"], container["imagePullPolicy"]) == ("sidecar-webhook:dev", "IfNotPresent")
 
 
-def test_webhook_pods_get_no_api_token() -> None:
+def test_only_the_webhook_container_gets_an_api_token() -> None:
+    # Changed by design (issue 11): the webhook now keeps its certificates through the API server, so
+    # its container gets a token, mounted by hand; nothing is mounted automatically anywhere else.
     account = deploy_objects()["ServiceAccount"]
     assert pod_spec()["serviceAccountName"] == account["metadata"]["name"]
     assert account["automountServiceAccountToken"] is False
     assert pod_spec()["automountServiceAccountToken"] is False
+    token_volumes = [
+        v["name"]
+        for v in pod_spec()["volumes"]
+        if any("serviceAccountToken" in source for source in v.get("projected", {}).get("sources", []))
+    ]
+    assert token_volumes == ["api-token"]
+    mounts = {
+        c["name"]: [m["mountPath"] for m in c.get("volumeMounts", []) if m["name"] == "api-token"]
+        for c in [*pod_spec().get("initContainers", []), *pod_spec()["containers"]]
+    }
+    assert mounts == {"webhook": [kube.SERVICE_ACCOUNT_DIR]}
+    (volume,) = [v for v in pod_spec()["volumes"] if v["name"] == "api-token"]
+    # What a ServiceAccount mount gives, and lightkube's in-cluster configuration reads: the token the
+    # kubelet renews, the cluster's CA, the namespace; readable by the pod's group only.
+    token, ca, namespace = volume["projected"]["sources"]
+    assert token["serviceAccountToken"]["path"] == "token"
+    assert ca["configMap"] == {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+    assert namespace["downwardAPI"]["items"] == [
+        {"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}
+    ]
+    assert volume["projected"]["defaultMode"] == 0o440
+
+
+# --- RBAC: exactly what the in-cluster certificate mode needs -------------------------------------------
+
+
+def test_role_allows_get_and_update_of_the_one_secret_and_create_of_secrets() -> None:
+    role = deploy_objects()["Role"]
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["sidecar-webhook-certs"],
+            "verbs": ["get", "update"],
+        },
+        # create cannot be limited by resourceNames; rbac.yaml says so.
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+    ]
+    assert "cannot be limited by resourceNames" in (DEPLOY / "rbac.yaml").read_text()
+
+
+def test_cluster_role_allows_get_and_patch_of_the_one_webhook_configuration() -> None:
+    configuration = deploy_objects()["MutatingWebhookConfiguration"]["metadata"]["name"]
+    assert deploy_objects()["ClusterRole"]["rules"] == [
+        {
+            "apiGroups": ["admissionregistration.k8s.io"],
+            "resources": ["mutatingwebhookconfigurations"],
+            "resourceNames": [configuration],
+            "verbs": ["get", "patch"],
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("binding", "role"), [("RoleBinding", "Role"), ("ClusterRoleBinding", "ClusterRole")]
+)
+def test_bindings_give_the_roles_to_the_webhook_account_alone(binding: str, role: str) -> None:
+    account = deploy_objects()["ServiceAccount"]["metadata"]
+    bound = deploy_objects()[binding]
+    assert bound["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": role,
+        "name": deploy_objects()[role]["metadata"]["name"],
+    }
+    assert bound["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}
+    ]
 
 
 def test_webhook_container_has_requests_and_limits() -> None:

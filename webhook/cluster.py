@@ -9,6 +9,7 @@ import asyncio
 import base64
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -35,6 +36,9 @@ FIELD_MANAGER = "sidecar-webhook"
 FIRST_RETRY_SECONDS = 0.5
 # The API server answers in milliseconds; one that takes this long is as good as unreachable.
 API_TIMEOUT_SECONDS = 10.0
+# A CA newly in the caBundle signs only after this long: every API server learns of the configuration's
+# change through its watch, usually within a second; until then it would refuse a certificate of the new CA.
+SETTLE_SECONDS = 10.0
 LABELS = {"app.kubernetes.io/name": "sidecar-webhook", "app.kubernetes.io/component": "webhook"}
 
 _log = logging.getLogger("sidecar_webhook.certificates")
@@ -64,6 +68,10 @@ class ClusterCertificates:
         self.configuration = f"mutatingwebhookconfiguration {settings.webhook_configuration}"
         self.served: x509.Certificate | None = None
         self._client: AsyncClient | None = None
+        # When this replica first saw each CA (by fingerprint) in the caBundle.
+        self._seen: dict[bytes, float] = {}
+        # One line per API call would drown the log; failures are logged here, with what to do.
+        logging.getLogger("httpx2").setLevel(logging.WARNING)
 
     def client(self) -> AsyncClient:
         if self._client is None:
@@ -116,7 +124,7 @@ class ClusterCertificates:
         step = (
             cluster_certs.fresh(self.hosts, self.validity, published, now)
             if material is None
-            else cluster_certs.advance(material, published, self.hosts, self.validity, now)
+            else cluster_certs.advance(material, self._settled(published), self.hosts, self.validity, now)
         )
         if step.changes or material is None:
             written = await self._write_secret(secret, step)
@@ -135,6 +143,13 @@ class ClusterCertificates:
             repaired = True
         self._serve(material, published, now)
         return bool(step.changes) or repaired
+
+    def _settled(self, published: list[x509.Certificate]) -> list[x509.Certificate]:
+        """The CAs of the caBundle that every API server has had time to learn of."""
+        now = time.monotonic()
+        seen = {ca.fingerprint(hashes.SHA256()): ca for ca in published}
+        self._seen = {fp: self._seen.get(fp, now) for fp in seen}
+        return [ca for fp, ca in seen.items() if now - self._seen[fp] >= SETTLE_SECONDS]
 
     def _serve(self, material: Material, published: list[x509.Certificate], now: datetime) -> None:
         """Serve the Secret's certificate once the caBundle trusts it; until then, the one served."""
