@@ -68,7 +68,7 @@ def running_server(cert_dir: Path, *extra: str, env: dict[str, str] | None = Non
         )
     server = RunningServer(process, port, cert_dir, log_file)
     try:
-        _wait_until_ready(server)
+        wait_until_ready(server)
         yield server
     finally:
         if process.poll() is None:
@@ -80,7 +80,7 @@ def running_server(cert_dir: Path, *extra: str, env: dict[str, str] | None = Non
                 process.wait()
 
 
-def _wait_until_ready(server: RunningServer) -> None:
+def wait_until_ready(server: RunningServer) -> None:
     deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
         if server.process.poll() is not None:

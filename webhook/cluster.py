@@ -138,7 +138,11 @@ class ClusterCertificates:
         bundle = cluster_certs.bundle_to_write(material, published, now)
         repaired = False
         if _bundles(configuration) != {_key(bundle)}:
-            configuration = await self._write_bundle(configuration, bundle)
+            try:
+                configuration = await self._write_bundle(configuration, bundle)
+            except ApiUnavailable:
+                self._serve(material, published, now)  # readiness as the bundle now is
+                raise
             published = _published(configuration)
             repaired = True
         self._serve(material, published, now)
