@@ -24,8 +24,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 KIT = Path(os.environ.get("KUBE_KIT", ROOT.parent / "shared" / "kube"))
 HOW_TO_GET = (
-    "these tests need a real API server: export KUBEBUILDER_ASSETS=<dir with etcd, kube-apiserver, kubectl> "
-    "(`setup-envtest use -p path`, or `export KUBEBUILDER_ASSETS=$(bash ../shared/kube/assets.sh | tail -1)`) "
+    "these tests need a real API server: export KUBEBUILDER_ASSETS=<dir with etcd, kube-apiserver, "
+    "kubectl> (`setup-envtest use -p path`, or "
+    "`export KUBEBUILDER_ASSETS=$(bash ../shared/kube/assets.sh | tail -1)`) "
     "and have the kit's control-plane.sh at ../shared/kube (or KUBE_KIT=<its directory>)"
 )
 

@@ -219,7 +219,9 @@ def test_servers_answer_ready_once_the_bundle_trusts_them(cluster: Cluster) -> N
         with server.client() as client:
             assert client.get("/readyz").status_code == 200
             metrics = client.get("/metrics").text
-        expiry = re.findall(r'sidecar_webhook_certificate_expiry_timestamp_seconds\{certificate="(\w+)"\} (\S+)', metrics)
+        expiry = re.findall(
+            r'sidecar_webhook_certificate_expiry_timestamp_seconds\{certificate="(\w+)"\} (\S+)', metrics
+        )
         assert {name for name, _ in expiry} == {"ca", "serving"}
         assert all(float(value) > time.time() for _, value in expiry)
 
@@ -359,7 +361,9 @@ def test_rotations_under_load_fail_no_call(cluster: Cluster) -> None:
     serving, ca, retired = rotated()
     with cluster.api.log.open("rb") as log:
         log.seek(log_start)
-        tls_errors = [line for line in log.read().decode(errors="replace").splitlines() if TLS_ERROR.search(line)]
+        tls_errors = [
+            line for line in log.read().decode(errors="replace").splitlines() if TLS_ERROR.search(line)
+        ]
     print(
         f"\nrotation under load: {load.created} pods created, {len(load.failures)} failed; "
         f"{serving} serving certificate(s) issued, {ca} CA rotation(s), {retired} CA(s) retired; "

@@ -22,8 +22,12 @@ SERVING_DAYS = 365
 RENEW_AFTER = 2 / 3
 # `check` fails this long before expiry, so there is time to act.
 WARN_BEFORE = timedelta(days=30)
-DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy"
+# A copy of deploy/'s webhook configuration, shipped as package data so that `certs manifests` works
+# from an installed package (tests/test_packaging.py keeps the copy equal to deploy/'s file).
+DEPLOY_DIR = Path(__file__).resolve().parent / "deploy"
 WEBHOOK_CONFIGURATION = "mutatingwebhookconfiguration.yaml"
+# The Secret a webhook in the file mode mounts (deploy/overlays/bring-your-own-certs).
+TLS_SECRET = "sidecar-webhook-tls"
 
 
 def service_hosts(service: str, namespace: str, extra: Sequence[str] = ()) -> list[str]:
@@ -171,7 +175,6 @@ def manifests(directory: Path, deploy_dir: Path = DEPLOY_DIR, url: str | None = 
             (directory / name).read_bytes() for name in (tls.CA_CERT, tls.TLS_CERT, tls.TLS_KEY)
         )
         configuration = yaml.safe_load((deploy_dir / WEBHOOK_CONFIGURATION).read_text())
-        deployment = yaml.safe_load((deploy_dir / "deployment.yaml").read_text())
     except OSError as error:
         raise ManifestError(f"cannot read {error.filename}: {error.strerror}") from None
     if url is not None and (urlsplit(url).scheme != "https" or not urlsplit(url).hostname):
@@ -188,16 +191,13 @@ def manifests(directory: Path, deploy_dir: Path = DEPLOY_DIR, url: str | None = 
     if url is not None:
         return [configuration]
     service = configuration["webhooks"][0]["clientConfig"]["service"]
-    secret_name = next(
-        v["secret"]["secretName"] for v in deployment["spec"]["template"]["spec"]["volumes"] if "secret" in v
-    )
     secret = {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {
-            "name": secret_name,
+            "name": TLS_SECRET,
             "namespace": service["namespace"],
-            "labels": deployment["metadata"].get("labels", {}),
+            "labels": configuration["metadata"].get("labels", {}),
         },
         "type": "kubernetes.io/tls",
         "data": {"tls.crt": _b64(cert_pem), "tls.key": _b64(key_pem), "ca.crt": ca_bundle},

@@ -140,7 +140,9 @@ def _parser() -> argparse.ArgumentParser:
         "--url", help="call this https URL instead of the Service (a webhook run outside the cluster)"
     )
     show.add_argument(
-        "--deploy-dir", type=Path, help="where the deploy/ manifests are (default: this checkout's)"
+        "--deploy-dir",
+        type=Path,
+        help="a directory with the mutatingwebhookconfiguration.yaml to fill in (default: the one installed)",
     )
     show.set_defaults(run=_certs_manifests)
     return parser
