@@ -10,6 +10,7 @@ import base64
 import copy
 import json
 import re
+import socket
 import ssl
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import httpx
 import pytest
 import yaml
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.apiserver import ROOT, ControlPlane, control_plane
 from tests.server import RunningServer, free_port, wait_until_ready
@@ -100,8 +102,6 @@ class Cluster:
         """The certificate a TLS handshake gets, verified as the API server does: against the caBundle,
         for the host of the URL (127.0.0.1, an IP SAN)."""
         context = ssl.create_default_context(cadata="".join(_pem(ca) for ca in bundle))
-        import socket
-
         with (
             socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw,
             context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
@@ -124,14 +124,18 @@ class Cluster:
         raise AssertionError(f"not within {seconds} s: {what}\nserver logs (ends):\n{logs}")
 
 
-def create_pod(client: httpx.Client) -> dict[str, Any]:
-    pod = {
+def _pod(prefix: str) -> dict[str, Any]:
+    """An opted-in pod; with no nodes it is only stored."""
+    return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"generateName": "app-", "annotations": {ANNOTATION: "/var/log/app.log"}},
+        "metadata": {"generateName": prefix, "annotations": {ANNOTATION: "/var/log/app.log"}},
         "spec": {"containers": [{"name": "app", "image": "busybox:1.37"}]},
     }
-    response = client.post("/api/v1/namespaces/default/pods", json=pod)
+
+
+def create_pod(client: httpx.Client) -> dict[str, Any]:
+    response = client.post("/api/v1/namespaces/default/pods", json=_pod("app-"))
     assert response.status_code == 201, response.text
     created: dict[str, Any] = response.json()
     return created
@@ -144,8 +148,6 @@ def injected(pod: dict[str, Any]) -> bool:
 
 
 def _pem(cert: x509.Certificate) -> str:
-    from cryptography.hazmat.primitives.serialization import Encoding
-
     return cert.public_bytes(Encoding.PEM).decode()
 
 
@@ -260,13 +262,7 @@ def test_configuration_applied_again_without_ca_bundle_is_repaired_within_the_in
 
 
 def _creates_injected(client: httpx.Client) -> bool:
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"generateName": "probe-", "annotations": {ANNOTATION: "/var/log/app.log"}},
-        "spec": {"containers": [{"name": "app", "image": "busybox:1.37"}]},
-    }
-    response = client.post("/api/v1/namespaces/default/pods", json=pod)
+    response = client.post("/api/v1/namespaces/default/pods", json=_pod("probe-"))
     return response.status_code == 201 and injected(response.json())
 
 
@@ -283,6 +279,15 @@ def test_a_removed_permission_is_logged_by_name_and_the_server_keeps_serving(clu
             "a log line naming the refused patch",
             lambda: all(wanted in s.log() and "may not patch" in s.log() for s in cluster.servers),
             seconds=CHECK_INTERVAL + 5,
+        )
+        # Meanwhile the API server cannot verify the webhook: it refuses the pod and logs the TLS error
+        # that the rotation test below counts (so that count can find what it looks for).
+        log_start = cluster.api.log.stat().st_size
+        with cluster.api.client() as client:
+            refused = client.post("/api/v1/namespaces/default/pods", json=_pod("refused-"))
+        assert refused.status_code == 500 and "failed calling webhook" in refused.text, refused.text
+        cluster.wait_for(
+            "the TLS error in the API server's log", lambda: bool(_tls_errors(cluster, log_start)), 5
         )
         for server in cluster.servers:
             assert server.process.poll() is None
@@ -301,6 +306,13 @@ def test_a_removed_permission_is_logged_by_name_and_the_server_keeps_serving(clu
         lambda: all(_ready(s) for s in cluster.servers),
         CHECK_INTERVAL + 5,
     )
+
+
+def _tls_errors(cluster: Cluster, since: int) -> list[str]:
+    """Lines of the kube-apiserver log, from byte `since` on, about a webhook call that failed."""
+    with cluster.api.log.open("rb") as log:
+        log.seek(since)
+        return [line for line in log.read().decode(errors="replace").splitlines() if TLS_ERROR.search(line)]
 
 
 def _ready(server: RunningServer) -> bool:
@@ -359,11 +371,7 @@ def test_rotations_under_load_fail_no_call(cluster: Cluster) -> None:
         for thread in threads:
             thread.join()
     serving, ca, retired = rotated()
-    with cluster.api.log.open("rb") as log:
-        log.seek(log_start)
-        tls_errors = [
-            line for line in log.read().decode(errors="replace").splitlines() if TLS_ERROR.search(line)
-        ]
+    tls_errors = _tls_errors(cluster, log_start)
     print(
         f"\nrotation under load: {load.created} pods created, {len(load.failures)} failed; "
         f"{serving} serving certificate(s) issued, {ca} CA rotation(s), {retired} CA(s) retired; "
