@@ -24,7 +24,7 @@ from webhook import certs, pki
 
 SERVICE, NAMESPACE = "sidecar-webhook", "sidecar-webhook"
 HOSTS = certs.service_hosts(SERVICE, NAMESPACE)
-DEPLOY = Path(__file__).parent.parent / "deploy"
+DEPLOY = Path(__file__).parent.parent / "deploy" / "base"
 
 
 def load(path: Path) -> x509.Certificate:

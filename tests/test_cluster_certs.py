@@ -32,7 +32,7 @@ from tests.apiserver import ROOT, ControlPlane, control_plane
 from tests.server import RunningServer, free_port, wait_until_ready
 from webhook import sidecar
 
-DEPLOY = ROOT / "deploy"
+DEPLOY = ROOT / "deploy" / "base"
 NAMESPACE = "sidecar-webhook"
 SECRET = "sidecar-webhook-certs"
 CONFIGURATION = "sidecar-webhook"

@@ -21,10 +21,14 @@ import pytest
 import yaml
 
 from tests import kube
+from webhook import certs
 from webhook.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
+# What `kubectl apply -k deploy/` installs; the overlays build on it.
+BASE = DEPLOY / "base"
+OVERLAYS = DEPLOY / "overlays"
 DOCKERFILE = ROOT / "Dockerfile"
 SCRIPT = DEPLOY / "minikube.sh"
 SEED_POD = ROOT / "tests" / "fixtures" / "manifests" / "01-seed-pod.yaml"
@@ -43,7 +47,7 @@ def load_documents(path: Path) -> list[Any]:
 
 
 def manifest_files() -> list[Path]:
-    files = [*DEPLOY.glob("*.yaml"), *DEPLOY.glob("*.yml")]
+    files = [*BASE.glob("*.yaml"), *BASE.glob("*.yml")]
     return sorted(path for path in files if path.name != "kustomization.yaml")
 
 
@@ -153,7 +157,7 @@ def test_deploy_holds_each_object_of_the_install_once_with_its_name() -> None:
 
 def test_webhook_configuration_file_is_one_configuration_without_ca_bundle() -> None:
     # `sidecar-webhook certs manifests` reads this file and fills in each caBundle.
-    (document,) = load_documents(DEPLOY / "mutatingwebhookconfiguration.yaml")
+    (document,) = load_documents(BASE / "mutatingwebhookconfiguration.yaml")
     assert document["kind"] == "MutatingWebhookConfiguration"
     assert all("caBundle" not in hook["clientConfig"] for hook in document["webhooks"])
 
@@ -162,8 +166,14 @@ def test_webhook_configuration_file_is_one_configuration_without_ca_bundle() -> 
 
 
 def kustomization() -> dict[str, Any]:
-    (document,) = load_documents(DEPLOY / "kustomization.yaml")
+    (document,) = load_documents(BASE / "kustomization.yaml")
     return dict(document)
+
+
+def test_deploy_installs_the_base() -> None:
+    (document,) = load_documents(DEPLOY / "kustomization.yaml")
+    assert document["resources"] == ["base"]
+    assert sorted(p.name for p in DEPLOY.glob("*.yaml")) == ["kustomization.yaml"]
 
 
 def test_kustomization_lists_every_manifest_in_deploy() -> None:
@@ -171,12 +181,76 @@ def test_kustomization_lists_every_manifest_in_deploy() -> None:
 
 
 def test_kustomization_resources_all_exist() -> None:
-    missing = [name for name in kustomization()["resources"] if not (DEPLOY / name).is_file()]
+    missing = [name for name in kustomization()["resources"] if not (BASE / name).is_file()]
     assert missing == []
 
 
 def test_kustomization_puts_everything_in_the_webhook_namespace() -> None:
     assert kustomization()["namespace"] == NAMESPACE
+
+
+# --- Overlays: the file mode, with certificates from elsewhere -----------------------------------------
+
+
+def kubectl() -> str:
+    """The kubectl of KUBEBUILDER_ASSETS, else of PATH; skip saying how to get one."""
+    assets = os.environ.get("KUBEBUILDER_ASSETS")
+    found = shutil.which("kubectl", path=assets) if assets else None
+    found = found or shutil.which("kubectl")
+    if found is None:
+        pytest.skip(
+            "kubectl is needed to render the overlays: put it on PATH or "
+            "export KUBEBUILDER_ASSETS=$(bash ../shared/kube/assets.sh | tail -1)"
+        )
+    return found
+
+
+@functools.cache
+def rendered(overlay: str) -> dict[str, dict[str, Any]]:
+    """The objects `kubectl apply -k deploy/overlays/OVERLAY` would apply, by kind and name."""
+    result = subprocess.run(
+        [kubectl(), "kustomize", str(OVERLAYS / overlay)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return {f"{d['kind']}/{d['metadata']['name']}": d for d in yaml.safe_load_all(result.stdout) if d}
+
+
+def test_bring_your_own_certs_serves_the_tls_secret_in_the_file_mode_with_no_token_and_no_rbac() -> None:
+    objects = rendered("bring-your-own-certs")
+    rbac = {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
+    assert sorted(objects) == sorted(f"{kind}/{NAMESPACE}" for kind in set(deploy_objects()) - rbac)
+    for obj in objects.values():
+        assert kubernetes_validate.validate(obj, KUBERNETES_VERSIONS[-1], strict=True)
+    spec = objects[f"Deployment/{NAMESPACE}"]["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    env = {var["name"]: var["value"] for var in container["env"]}
+    assert env["SIDECAR_WEBHOOK_CERTIFICATES"] == "files"
+    assert env["SIDECAR_WEBHOOK_CERT_DIR"] == CERT_DIR
+    assert container["volumeMounts"] == [{"name": "tls", "mountPath": CERT_DIR, "readOnly": True}]
+    # Owner and group (fsGroup) only: tls.key is not world-readable.
+    assert spec["volumes"] == [
+        {"name": "tls", "secret": {"secretName": "sidecar-webhook-tls", "defaultMode": 0o440}}
+    ]
+    assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsGroup"]
+    assert spec["automountServiceAccountToken"] is False
+    # The same settings otherwise: only the certificate's source differs.
+    assert {k: v for k, v in env.items() if k != "SIDECAR_WEBHOOK_CERTIFICATES"} == {
+        k: v for k, v in container_env().items() if k != "SIDECAR_WEBHOOK_CERTIFICATES"
+    }
+
+
+def test_cert_manager_overlay_injects_the_ca_of_the_certificate_the_webhook_mounts() -> None:
+    objects = rendered("cert-manager")
+    configuration = objects[f"MutatingWebhookConfiguration/{NAMESPACE}"]
+    namespace, name = configuration["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].split("/")
+    certificate = objects[f"Certificate/{name}"]
+    assert certificate["metadata"]["namespace"] == namespace == NAMESPACE
+    (volume,) = objects[f"Deployment/{NAMESPACE}"]["spec"]["template"]["spec"]["volumes"]
+    assert certificate["spec"]["secretName"] == volume["secret"]["secretName"]
+    assert certificate["spec"]["dnsNames"] == certs.service_hosts(NAMESPACE, NAMESPACE)
+    issuer = objects[f"Issuer/{certificate['spec']['issuerRef']['name']}"]
+    ca = objects[f"Certificate/{issuer['metadata']['name']}"]
+    assert ca["spec"]["isCA"] is True and issuer["spec"]["ca"]["secretName"] == ca["spec"]["secretName"]
 
 
 # --- Deployment, Service and webhook agree ------------------------------------------------------------
@@ -322,7 +396,7 @@ def test_role_allows_get_and_update_of_the_one_secret_and_create_of_secrets() ->
         # create cannot be limited by resourceNames; rbac.yaml says so.
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
     ]
-    assert "cannot be limited by resourceNames" in (DEPLOY / "rbac.yaml").read_text()
+    assert "cannot be limited by resourceNames" in (BASE / "rbac.yaml").read_text()
 
 
 def test_cluster_role_allows_get_and_patch_of_the_one_webhook_configuration() -> None:

@@ -17,9 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_packaged_webhook_configuration_is_a_copy_of_deploys() -> None:
     # `certs manifests` reads the copy; kustomize reads deploy/'s. Changed one? Copy it over the other:
-    # cp deploy/mutatingwebhookconfiguration.yaml webhook/deploy/
+    # cp deploy/base/mutatingwebhookconfiguration.yaml webhook/deploy/
     packaged = certs.DEPLOY_DIR / certs.WEBHOOK_CONFIGURATION
-    assert packaged.read_bytes() == (ROOT / "deploy" / certs.WEBHOOK_CONFIGURATION).read_bytes()
+    assert packaged.read_bytes() == (ROOT / "deploy" / "base" / certs.WEBHOOK_CONFIGURATION).read_bytes()
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ RENEW_AFTER = 2 / 3
 # `check` fails this long before expiry, so there is time to act.
 WARN_BEFORE = timedelta(days=30)
 # A copy of deploy/'s webhook configuration, shipped as package data so that `certs manifests` works
-# from an installed package (tests/test_packaging.py keeps the copy equal to deploy/'s file).
+# from an installed package (tests/test_packaging.py keeps the copy equal to deploy/base/'s file).
 DEPLOY_DIR = Path(__file__).resolve().parent / "deploy"
 WEBHOOK_CONFIGURATION = "mutatingwebhookconfiguration.yaml"
 # The Secret a webhook in the file mode mounts (deploy/overlays/bring-your-own-certs).

@@ -298,8 +298,8 @@ def _what_to_do(code: int, verb: str, what: str) -> str:
     kind = what.split()[0]
     if code == 403:
         return (
-            f"the ServiceAccount may not {verb} {kind}: grant it (deploy/rbac.yaml: verb {verb!r} on this "
-            f"{kind} in resourceNames); retrying"
+            f"the ServiceAccount may not {verb} {kind}: grant it (deploy/base/rbac.yaml: verb {verb!r} "
+            f"on this {kind} in resourceNames); retrying"
         )
     if code == 401:
         return "the API server refused the token: is the ServiceAccount token mounted and current? retrying"
