@@ -12,8 +12,6 @@ import json
 import re
 import socket
 import ssl
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.apiserver import ROOT, ControlPlane, control_plane
-from tests.server import RunningServer, free_port, wait_until_ready
+from tests.server import RunningServer, free_port, start_server, stop_server, wait_until_ready
 from webhook import sidecar
 
 DEPLOY = ROOT / "deploy" / "base"
@@ -151,36 +149,16 @@ def _pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(Encoding.PEM).decode()
 
 
-def start_server(cluster_dir: Path, port: int, kubeconfig: Path, *extra: str) -> RunningServer:
-    log_file = cluster_dir / f"server-{port}.log"
-    cert_dir = cluster_dir / f"certs-{port}"
-    with log_file.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "webhook",
-                "serve",
-                *("--port", str(port), "--cert-dir", str(cert_dir)),
-                *("--certificates", "cluster", "--extra-host", "127.0.0.1", "--extra-host", "localhost"),
-                *("--check-interval", str(CHECK_INTERVAL), *(a for pair in VALIDITY.items() for a in pair)),
-                *extra,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={"KUBECONFIG": str(kubeconfig), "PATH": "/usr/bin:/bin"},
-        )
-    return RunningServer(process, port, cert_dir, log_file)
-
-
-def stop(server: RunningServer) -> None:
-    if server.process.poll() is None:
-        server.process.terminate()
-        try:
-            server.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
+def start_replica(work: Path, port: int, kubeconfig: Path) -> RunningServer:
+    """A replica in the cluster mode, as the webhook account, called at 127.0.0.1 (and localhost, by the
+    tests' clients)."""
+    return start_server(
+        work / f"certs-{port}",
+        *("--certificates", "cluster", "--extra-host", "127.0.0.1", "--extra-host", "localhost"),
+        *("--check-interval", str(CHECK_INTERVAL), *(arg for pair in VALIDITY.items() for arg in pair)),
+        env={"KUBECONFIG": str(kubeconfig)},
+        port=port,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -196,9 +174,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         configuration = configuration_for(ports)
         api.kubectl("apply", "-f", "-", input=json.dumps(configuration))
         # Both replicas at once, against a namespace without the Secret: they race to create it.
-        servers = [start_server(work, port, kubeconfig) for port in ports]
+        servers = [start_replica(work, port, kubeconfig) for port in ports]
         for server in servers:
-            stack.callback(stop, server)
+            stack.callback(stop_server, server)
         for server in servers:
             wait_until_ready(server)
         yield Cluster(api, servers, configuration, work)

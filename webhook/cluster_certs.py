@@ -17,7 +17,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 
 from webhook import pki
 
@@ -130,7 +129,7 @@ def trusted(cert: x509.Certificate, bundle: Sequence[x509.Certificate], now: dat
     if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
         return False
     return any(
-        _signed_by(cert, ca) and ca.not_valid_before_utc <= now < ca.not_valid_after_utc for ca in bundle
+        pki.signed_by(cert, ca) and ca.not_valid_before_utc <= now < ca.not_valid_after_utc for ca in bundle
     )
 
 
@@ -184,7 +183,7 @@ def parse_bundle(ca_bundle: str | None) -> list[x509.Certificate]:
 def _why_reissue(
     serving: pki.KeyPair, ca: pki.KeyPair, hosts: Sequence[str], validity: Validity, now: datetime
 ) -> str:
-    if not _signed_by(serving.cert, ca.cert):
+    if not pki.signed_by(serving.cert, ca.cert):
         return "the signing CA changed"
     if sorted(pki.hosts_of(serving.cert)) != sorted(hosts):
         return "the hosts changed"
@@ -193,14 +192,6 @@ def _why_reissue(
     if now >= ends - validity.serving_renew_before and min(now + validity.serving, _end(ca)) > ends:
         return "the old one was in its renewal window"
     return ""
-
-
-def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
 
 
 def _end(pair: pki.KeyPair) -> datetime:
