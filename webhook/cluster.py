@@ -10,7 +10,7 @@ import base64
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Set
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -43,6 +43,10 @@ LABELS = {"app.kubernetes.io/name": "sidecar-webhook", "app.kubernetes.io/compon
 
 _log = logging.getLogger("sidecar_webhook.certificates")
 T = TypeVar("T")
+
+
+class Expected(Exception):
+    """A status the caller expects and handles: 404 reading the Secret, 409 writing it."""
 
 
 class ApiUnavailable(Exception):
@@ -100,8 +104,8 @@ class ClusterCertificates:
             try:
                 changed = await self.check()
             except ApiUnavailable:
-                # Keep serving what is served; readiness stays what it was (the bundle did not change
-                # as far as we know, and the certificate served is still the one it trusted).
+                # Keep serving the certificate served: the last good one. Readiness stays what the last
+                # caBundle read says.
                 await asyncio.sleep(retry * random.uniform(0.8, 1.2))
                 retry = min(retry * 2, interval)
                 continue
@@ -127,10 +131,8 @@ class ClusterCertificates:
             else cluster_certs.advance(material, self._settled(published), self.hosts, self.validity, now)
         )
         if step.changes or material is None:
-            written = await self._write_secret(secret, step)
-            if written is None:
+            if not await self._write_secret(secret, step.material):
                 return True  # another replica wrote first: look again at what it wrote
-            step = cluster_certs.Step(written, step.changes)
             for certificate, change in step.changes:
                 self.metrics.certificate_rotations.labels(certificate).inc()
                 _log.info("certificate rotation: %s", change)
@@ -181,8 +183,8 @@ class ClusterCertificates:
 
     async def _read_secret(self) -> Secret | None:
         try:
-            return await self._call("get", self.secret, self._get_secret)
-        except ApiError404:
+            return await self._call("get", self.secret, self._get_secret, expected={404})
+        except Expected:
             return None
 
     async def _get_secret(self) -> Secret:
@@ -193,9 +195,9 @@ class ClusterCertificates:
     async def _get_configuration(self) -> MutatingWebhookConfiguration:
         return await self.client().get(MutatingWebhookConfiguration, self.settings.webhook_configuration)
 
-    async def _write_secret(self, secret: Secret | None, step: cluster_certs.Step) -> Material | None:
-        """Create or update the Secret; None when another replica got there first (409 Conflict)."""
-        data = cluster_certs.encode(step.material)
+    async def _write_secret(self, secret: Secret | None, material: Material) -> bool:
+        """Create or update the Secret; False when another replica got there first (409 Conflict)."""
+        data = cluster_certs.encode(material)
         try:
             if secret is None:
                 new = Secret(
@@ -207,15 +209,15 @@ class ClusterCertificates:
                     type="Opaque",
                     data=data,
                 )
-                await self._call("create", self.secret, lambda: self.client().create(new))
+                await self._call("create", self.secret, lambda: self.client().create(new), expected={409})
             else:
                 # resourceVersion as read: an update over another replica's fails with 409, never wins.
                 secret.data = data
-                await self._call("update", self.secret, lambda: self.client().replace(secret))
-        except ApiError409:
+                await self._call("update", self.secret, lambda: self.client().replace(secret), expected={409})
+        except Expected:
             _log.info("another replica wrote %s first: using what it wrote", self.secret)
-            return None
-        return step.material
+            return False
+        return True
 
     async def _write_bundle(
         self, configuration: MutatingWebhookConfiguration, bundle: list[x509.Certificate]
@@ -256,16 +258,17 @@ class ClusterCertificates:
         )
         return result
 
-    async def _call(self, verb: str, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Make one API call; log a failure with the verb, the object and what to do about it."""
+    async def _call(
+        self, verb: str, what: str, call: Callable[[], Awaitable[T]], expected: Set[int] = frozenset()
+    ) -> T:
+        """Make one API call. A status in `expected` raises Expected, for the caller to handle; any other
+        failure is logged with the verb, the object and what to do about it, and raises ApiUnavailable."""
         try:
             return await call()
         except ApiError as error:
             code = error.status.code or 0
-            if code == 409:
-                raise ApiError409 from error
-            if code == 404 and verb == "get" and what == self.secret:
-                raise ApiError404 from error
+            if code in expected:
+                raise Expected from error
             _log.error(
                 "%s %s: %s %s; %s",
                 verb,
@@ -284,14 +287,6 @@ class ClusterCertificates:
                 error,
             )
         raise ApiUnavailable
-
-
-class ApiError404(Exception):
-    pass
-
-
-class ApiError409(Exception):
-    pass
 
 
 def _what_to_do(code: int, verb: str, what: str) -> str:
