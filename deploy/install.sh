@@ -4,7 +4,7 @@
 # Usage: bash deploy/install.sh up|image|apply|down          Steps and caveats: deploy/README.md
 #   up     image, then apply, then create the seed pod and print its sidecar's log
 #   image  build the image from the Dockerfile and make it available to the nodes ($SIDECAR_WEBHOOK_LOAD)
-#   apply  install deploy/ running $SIDECAR_WEBHOOK_IMAGE and wait for the rollout
+#   apply  `kubectl apply -k deploy/` running $SIDECAR_WEBHOOK_IMAGE and wait for the rollout
 #   down   remove everything `up` created
 #
 # Settings (environment):
@@ -20,7 +20,6 @@
 #   KUBE_CONTEXT           kubeconfig context to install into (default: the current context)
 #   MINIKUBE_PROFILE       minikube profile (default minikube); KIND_CLUSTER kind cluster (default: from the context)
 #   KUBE_KIT               the kit's directory, for LOAD=kit (default ../shared/kube)
-#   SIDECAR_WEBHOOK_BIN    this repository's CLI (default: sidecar-webhook on PATH, else python3 -m webhook)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -37,17 +36,6 @@ step() { echo "==> $*"; }
 
 # (Functions, so the binaries are looked up with `type -P`, which ignores functions.)
 kubectl() { command kubectl ${KUBE_CONTEXT:+--context "$KUBE_CONTEXT"} "$@"; }
-
-# This repository's CLI: $SIDECAR_WEBHOOK_BIN, else sidecar-webhook on PATH, else the package from source.
-sidecar_webhook() {
-  if [[ -n "${SIDECAR_WEBHOOK_BIN:-}" ]]; then
-    "$SIDECAR_WEBHOOK_BIN" "$@"
-  elif type -P sidecar-webhook >/dev/null; then
-    sidecar-webhook "$@"
-  else
-    python3 -m webhook "$@"
-  fi
-}
 
 context() { echo "${KUBE_CONTEXT:-$(command kubectl config current-context 2>/dev/null || true)}"; }
 
@@ -132,13 +120,9 @@ apply_deploy() {
 }
 
 apply() {
-  step "create certificates for the Service in certs/ (a valid CA is reused)"
-  sidecar_webhook certs create --service sidecar-webhook --namespace "$NAMESPACE" --out certs
+  # The whole install: the replicas make their CA and certificate and write the caBundle themselves.
   step "apply deploy/ with image $IMAGE"
   apply_deploy
-  # After deploy/, never before: deploy/ has no caBundle, so applying it drops the one set here.
-  step "apply the TLS Secret and the webhook configuration with its caBundle"
-  sidecar_webhook certs manifests --dir certs | kubectl apply -f -
   kubectl -n "$NAMESPACE" rollout status deploy/sidecar-webhook --timeout=180s
 }
 

@@ -1,9 +1,7 @@
 """What the end-to-end tests do to a real cluster: kubectl calls, waits on conditions, the install script."""
 
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
