@@ -61,11 +61,7 @@ def wait_for(condition: Callable[[], T | None], what: str, timeout: float = 120)
 
 def install(command: str) -> None:
     """`bash deploy/install.sh COMMAND`, as deploy/README.md says; its output goes to the test's output."""
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "SIDECAR_WEBHOOK_BIN": str(bin_dir / "sidecar-webhook")}
-    result = subprocess.run(
-        ["bash", str(INSTALL), command], env=env, capture_output=True, text=True, timeout=900
-    )
+    result = subprocess.run(["bash", str(INSTALL), command], capture_output=True, text=True, timeout=900)
     print(result.stdout, result.stderr, sep="\n")
     if result.returncode != 0:
         raise AssertionError(f"deploy/install.sh {command} exited {result.returncode}:\n{result.stderr}")
