@@ -1,4 +1,4 @@
-# The sidecar-webhook server image: `minikube image build -t sidecar-webhook:dev .` (see deploy/README.md).
+# The sidecar-webhook server image: `docker build -t sidecar-webhook:dev .` (loading it into a cluster: deploy/README.md).
 #
 # The base is pinned by tag only: this file was written offline, where the digest could not be looked up.
 # Pin it fully with `python:3.11-slim-bookworm@sha256:<digest>` (docker buildx imagetools inspect ...).
@@ -13,10 +13,13 @@ RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
 COPY webhook/ webhook/
-# constraints.txt pins every dependency to the versions the test suite ran with.
-RUN pip install --no-cache-dir --constraint constraints.txt .
+# constraints.txt pins every dependency to the versions the test suite ran with. Then the venv sheds its
+# installers: pip, setuptools and pkg_resources (25 MB) are never used at runtime (the package is built in
+# pip's isolated build environment, not with the venv's setuptools).
+RUN pip install --no-cache-dir --constraint constraints.txt . \
+ && pip uninstall --yes --no-cache-dir setuptools pip
 
-# Runtime: the same base plus the venv; no pip cache, no sources, no build tools.
+# Runtime: the same base plus the venv; no pip, no setuptools, no sources, no build tools.
 FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

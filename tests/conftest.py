@@ -10,6 +10,15 @@ from tests.server import RunningServer, running_server
 from webhook.settings import Settings
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--e2e",
+        action="store_true",
+        help="run tests/e2e against the cluster in KUBECONFIG: it builds the image, installs the webhook "
+        "and removes it (see tests/e2e/README.md)",
+    )
+
+
 @pytest.fixture(scope="session")
 def settings() -> Settings:
     return Settings.model_construct(**Settings.model_validate({}).model_dump())

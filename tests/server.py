@@ -45,9 +45,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextmanager
-def running_server(cert_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Iterator[RunningServer]:
-    port = free_port()
+def start_server(
+    cert_dir: Path, *extra: str, env: dict[str, str] | None = None, port: int | None = None
+) -> RunningServer:
+    """`sidecar-webhook serve` on `port` (a free one by default) with `extra` flags, its output in a log
+    file; not waited for."""
+    port = port or free_port()
     log_file = cert_dir.parent / f"server-{port}.log"
     with log_file.open("wb") as log:
         process = subprocess.Popen(
@@ -66,21 +69,30 @@ def running_server(cert_dir: Path, *extra: str, env: dict[str, str] | None = Non
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
         )
-    server = RunningServer(process, port, cert_dir, log_file)
+    return RunningServer(process, port, cert_dir, log_file)
+
+
+def stop_server(server: RunningServer) -> None:
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+
+
+@contextmanager
+def running_server(cert_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Iterator[RunningServer]:
+    server = start_server(cert_dir, *extra, env=env)
     try:
-        _wait_until_ready(server)
+        wait_until_ready(server)
         yield server
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_server(server)
 
 
-def _wait_until_ready(server: RunningServer) -> None:
+def wait_until_ready(server: RunningServer) -> None:
     deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
         if server.process.poll() is not None:

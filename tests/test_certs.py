@@ -24,7 +24,7 @@ from webhook import certs, pki
 
 SERVICE, NAMESPACE = "sidecar-webhook", "sidecar-webhook"
 HOSTS = certs.service_hosts(SERVICE, NAMESPACE)
-DEPLOY = Path(__file__).parent.parent / "deploy"
+DEPLOY = Path(__file__).parent.parent / "deploy" / "base"
 
 
 def load(path: Path) -> x509.Certificate:
@@ -200,11 +200,8 @@ def test_manifests_are_a_tls_secret_and_the_webhook_configuration_with_its_ca_bu
         "tls.key": (tmp_path / "tls.key").read_bytes(),
         "ca.crt": (tmp_path / "ca.crt").read_bytes(),
     }
-    deployment = yaml.safe_load((DEPLOY / "deployment.yaml").read_text())
-    mounted = [
-        v["secret"]["secretName"] for v in deployment["spec"]["template"]["spec"]["volumes"] if "secret" in v
-    ]
-    assert [secret["metadata"]["name"]] == mounted
+    # The Secret the file mode's Deployment mounts (deploy/overlays/bring-your-own-certs).
+    assert secret["metadata"]["name"] == certs.TLS_SECRET == "sidecar-webhook-tls"
     assert secret["metadata"]["namespace"] == NAMESPACE
 
     deployed = yaml.safe_load((DEPLOY / "mutatingwebhookconfiguration.yaml").read_text())

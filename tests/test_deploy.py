@@ -1,4 +1,4 @@
-"""deploy/, the Dockerfile and deploy/minikube.sh: valid, agreeing with each other and with the fixtures."""
+"""deploy/, the Dockerfile and deploy/install.sh: valid, agreeing with each other and with the fixtures."""
 
 from __future__ import annotations
 
@@ -21,11 +21,16 @@ import pytest
 import yaml
 
 from tests import kube
+from webhook import certs
+from webhook.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
+# What `kubectl apply -k deploy/` installs; the overlays build on it.
+BASE = DEPLOY / "base"
+OVERLAYS = DEPLOY / "overlays"
 DOCKERFILE = ROOT / "Dockerfile"
-SCRIPT = DEPLOY / "minikube.sh"
+SCRIPT = DEPLOY / "install.sh"
 SEED_POD = ROOT / "tests" / "fixtures" / "manifests" / "01-seed-pod.yaml"
 ADMISSION_DIR = ROOT / "tests" / "fixtures" / "admission"
 ADMISSION_FIXTURES = sorted(ADMISSION_DIR.glob("*.json"))
@@ -42,7 +47,7 @@ def load_documents(path: Path) -> list[Any]:
 
 
 def manifest_files() -> list[Path]:
-    files = [*DEPLOY.glob("*.yaml"), *DEPLOY.glob("*.yml")]
+    files = [*BASE.glob("*.yaml"), *BASE.glob("*.yml")]
     return sorted(path for path in files if path.name != "kustomization.yaml")
 
 
@@ -85,7 +90,16 @@ def container_port(port: int | str) -> int:
 
 
 def container_env() -> dict[str, str]:
-    return {var["name"]: var["value"] for var in webhook_container().get("env", [])}
+    """The webhook container's variables with a value (those from the downward API: env_from_fields)."""
+    return {var["name"]: var["value"] for var in webhook_container().get("env", []) if "value" in var}
+
+
+def env_from_fields() -> dict[str, str]:
+    return {
+        var["name"]: var["valueFrom"]["fieldRef"]["fieldPath"]
+        for var in webhook_container().get("env", [])
+        if "valueFrom" in var
+    }
 
 
 LABEL_OPERATORS: dict[str, Callable[[dict[str, str], str, list[str]], bool]] = {
@@ -129,17 +143,21 @@ def test_deploy_holds_each_object_of_the_install_once_with_its_name() -> None:
             "Service",
             "PodDisruptionBudget",
             "MutatingWebhookConfiguration",
+            "Role",
+            "RoleBinding",
+            "ClusterRole",
+            "ClusterRoleBinding",
         ]
     )
     assert {obj["metadata"]["name"] for obj in objects.values()} == {NAMESPACE}
-    cluster_scoped = {"Namespace", "MutatingWebhookConfiguration"}
+    cluster_scoped = {"Namespace", "MutatingWebhookConfiguration", "ClusterRole", "ClusterRoleBinding"}
     for kind, obj in objects.items():
         assert obj["metadata"].get("namespace") == (None if kind in cluster_scoped else NAMESPACE), kind
 
 
 def test_webhook_configuration_file_is_one_configuration_without_ca_bundle() -> None:
     # `sidecar-webhook certs manifests` reads this file and fills in each caBundle.
-    (document,) = load_documents(DEPLOY / "mutatingwebhookconfiguration.yaml")
+    (document,) = load_documents(BASE / "mutatingwebhookconfiguration.yaml")
     assert document["kind"] == "MutatingWebhookConfiguration"
     assert all("caBundle" not in hook["clientConfig"] for hook in document["webhooks"])
 
@@ -148,8 +166,14 @@ def test_webhook_configuration_file_is_one_configuration_without_ca_bundle() -> 
 
 
 def kustomization() -> dict[str, Any]:
-    (document,) = load_documents(DEPLOY / "kustomization.yaml")
+    (document,) = load_documents(BASE / "kustomization.yaml")
     return dict(document)
+
+
+def test_deploy_installs_the_base() -> None:
+    (document,) = load_documents(DEPLOY / "kustomization.yaml")
+    assert document["resources"] == ["base"]
+    assert sorted(p.name for p in DEPLOY.glob("*.yaml")) == ["kustomization.yaml"]
 
 
 def test_kustomization_lists_every_manifest_in_deploy() -> None:
@@ -157,12 +181,76 @@ def test_kustomization_lists_every_manifest_in_deploy() -> None:
 
 
 def test_kustomization_resources_all_exist() -> None:
-    missing = [name for name in kustomization()["resources"] if not (DEPLOY / name).is_file()]
+    missing = [name for name in kustomization()["resources"] if not (BASE / name).is_file()]
     assert missing == []
 
 
 def test_kustomization_puts_everything_in_the_webhook_namespace() -> None:
     assert kustomization()["namespace"] == NAMESPACE
+
+
+# --- Overlays: the file mode, with certificates from elsewhere -----------------------------------------
+
+
+def kubectl() -> str:
+    """The kubectl of KUBEBUILDER_ASSETS, else of PATH; skip saying how to get one."""
+    assets = os.environ.get("KUBEBUILDER_ASSETS")
+    found = shutil.which("kubectl", path=assets) if assets else None
+    found = found or shutil.which("kubectl")
+    if found is None:
+        pytest.skip(
+            "kubectl is needed to render the overlays: put it on PATH or "
+            "export KUBEBUILDER_ASSETS=$(bash ../shared/kube/assets.sh | tail -1)"
+        )
+    return found
+
+
+@functools.cache
+def rendered(overlay: str) -> dict[str, dict[str, Any]]:
+    """The objects `kubectl apply -k deploy/overlays/OVERLAY` would apply, by kind and name."""
+    result = subprocess.run(
+        [kubectl(), "kustomize", str(OVERLAYS / overlay)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return {f"{d['kind']}/{d['metadata']['name']}": d for d in yaml.safe_load_all(result.stdout) if d}
+
+
+def test_bring_your_own_certs_serves_the_tls_secret_in_the_file_mode_with_no_token_and_no_rbac() -> None:
+    objects = rendered("bring-your-own-certs")
+    rbac = {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
+    assert sorted(objects) == sorted(f"{kind}/{NAMESPACE}" for kind in set(deploy_objects()) - rbac)
+    for obj in objects.values():
+        assert kubernetes_validate.validate(obj, KUBERNETES_VERSIONS[-1], strict=True)
+    spec = objects[f"Deployment/{NAMESPACE}"]["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    env = {var["name"]: var["value"] for var in container["env"]}
+    assert env["SIDECAR_WEBHOOK_CERTIFICATES"] == "files"
+    assert env["SIDECAR_WEBHOOK_CERT_DIR"] == CERT_DIR
+    assert container["volumeMounts"] == [{"name": "tls", "mountPath": CERT_DIR, "readOnly": True}]
+    # Owner and group (fsGroup) only: tls.key is not world-readable.
+    assert spec["volumes"] == [
+        {"name": "tls", "secret": {"secretName": "sidecar-webhook-tls", "defaultMode": 0o440}}
+    ]
+    assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsGroup"]
+    assert spec["automountServiceAccountToken"] is False
+    # The same settings otherwise: only the certificate's source differs.
+    assert {k: v for k, v in env.items() if k != "SIDECAR_WEBHOOK_CERTIFICATES"} == {
+        k: v for k, v in container_env().items() if k != "SIDECAR_WEBHOOK_CERTIFICATES"
+    }
+
+
+def test_cert_manager_overlay_injects_the_ca_of_the_certificate_the_webhook_mounts() -> None:
+    objects = rendered("cert-manager")
+    configuration = objects[f"MutatingWebhookConfiguration/{NAMESPACE}"]
+    namespace, name = configuration["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].split("/")
+    certificate = objects[f"Certificate/{name}"]
+    assert certificate["metadata"]["namespace"] == namespace == NAMESPACE
+    (volume,) = objects[f"Deployment/{NAMESPACE}"]["spec"]["template"]["spec"]["volumes"]
+    assert certificate["spec"]["secretName"] == volume["secret"]["secretName"]
+    assert certificate["spec"]["dnsNames"] == certs.service_hosts(NAMESPACE, NAMESPACE)
+    issuer = objects[f"Issuer/{certificate['spec']['issuerRef']['name']}"]
+    ca = objects[f"Certificate/{issuer['metadata']['name']}"]
+    assert ca["spec"]["isCA"] is True and issuer["spec"]["ca"]["secretName"] == ca["spec"]["secretName"]
 
 
 # --- Deployment, Service and webhook agree ------------------------------------------------------------
@@ -214,15 +302,35 @@ def test_webhook_calls_the_service_on_its_port_and_path() -> None:
     assert 443 in [port["port"] for port in service["spec"]["ports"]]
 
 
-def test_deployment_mounts_the_tls_secret_where_the_server_reads_it() -> None:
-    (mount,) = webhook_container()["volumeMounts"]
-    (volume,) = [volume for volume in pod_spec()["volumes"] if volume["name"] == mount["name"]]
-    assert volume["secret"]["secretName"] == "sidecar-webhook-tls"
-    # Owner and group (fsGroup) only: tls.key is not world-readable.
-    assert volume["secret"]["defaultMode"] == 0o440
-    assert pod_spec()["securityContext"]["fsGroup"] == pod_spec()["securityContext"]["runAsGroup"]
-    assert (mount["mountPath"], mount["readOnly"]) == (CERT_DIR, True)
-    assert container_env()["SIDECAR_WEBHOOK_CERT_DIR"] == CERT_DIR
+def test_deployment_keeps_its_certificates_in_the_cluster_and_serves_them_from_memory() -> None:
+    # The in-cluster mode writes the certificate it serves to the cert dir: an emptyDir in memory,
+    # since the root filesystem is read-only and the key should not reach the node's disk.
+    env = container_env()
+    assert env["SIDECAR_WEBHOOK_CERTIFICATES"] == "cluster"
+    assert env["SIDECAR_WEBHOOK_CERT_DIR"] == CERT_DIR
+    (mount,) = [m for m in webhook_container()["volumeMounts"] if m["mountPath"] == CERT_DIR]
+    (volume,) = [v for v in pod_spec()["volumes"] if v["name"] == mount["name"]]
+    assert volume == {"name": mount["name"], "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}
+    assert not any("secret" in v for v in pod_spec()["volumes"]), "no Secret volume in the default install"
+
+
+def test_secret_and_service_namespace_are_the_pods_own() -> None:
+    # kustomize's namespace (or an overlay's) moves the Secret and the Service names with the pods.
+    assert env_from_fields() == {
+        "SIDECAR_WEBHOOK_SECRET_NAMESPACE": "metadata.namespace",
+        "SIDECAR_WEBHOOK_SERVICE_NAMESPACE": "metadata.namespace",
+    }
+
+
+def test_settings_defaults_name_the_objects_of_deploy() -> None:
+    defaults = Settings.model_validate({})
+    service = deploy_objects()["Service"]["metadata"]
+    configuration = deploy_objects()["MutatingWebhookConfiguration"]["metadata"]
+    (secret_rule, _) = deploy_objects()["Role"]["rules"]
+    assert defaults.service_name == service["name"]
+    assert defaults.service_namespace == defaults.secret_namespace == service["namespace"]
+    assert defaults.webhook_configuration == configuration["name"]
+    assert secret_rule["resourceNames"] == [defaults.secret_name]
 
 
 @pytest.mark.parametrize(("probe", "path"), [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")])
@@ -238,16 +346,86 @@ def test_deployment_runs_as_the_dockerfile_user() -> None:
     assert (security["runAsUser"], security["runAsGroup"]) == (uid, gid)
 
 
-def test_deployment_runs_the_image_minikube_builds() -> None:
+def test_deployment_runs_the_image_the_install_script_loads_by_default() -> None:
     container = webhook_container()
     assert (container["image"], container["imagePullPolicy"]) == ("sidecar-webhook:dev", "IfNotPresent")
+    assert re.search(r"^DEFAULT_IMAGE=sidecar-webhook:dev ", SCRIPT.read_text(), re.MULTILINE)
 
 
-def test_webhook_pods_get_no_api_token() -> None:
+def test_only_the_webhook_container_gets_an_api_token() -> None:
+    # Changed by design (issue 11): the webhook now keeps its certificates through the API server, so
+    # its container gets a token, mounted by hand; nothing is mounted automatically anywhere else.
     account = deploy_objects()["ServiceAccount"]
     assert pod_spec()["serviceAccountName"] == account["metadata"]["name"]
     assert account["automountServiceAccountToken"] is False
     assert pod_spec()["automountServiceAccountToken"] is False
+    token_volumes = [
+        v["name"]
+        for v in pod_spec()["volumes"]
+        if any("serviceAccountToken" in source for source in v.get("projected", {}).get("sources", []))
+    ]
+    assert token_volumes == ["api-token"]
+    mounts = {
+        c["name"]: [m["mountPath"] for m in c.get("volumeMounts", []) if m["name"] == "api-token"]
+        for c in [*pod_spec().get("initContainers", []), *pod_spec()["containers"]]
+    }
+    assert mounts == {"webhook": [kube.SERVICE_ACCOUNT_DIR]}
+    (volume,) = [v for v in pod_spec()["volumes"] if v["name"] == "api-token"]
+    # What a ServiceAccount mount gives, and lightkube's in-cluster configuration reads: the token the
+    # kubelet renews, the cluster's CA, the namespace; readable by the pod's group only.
+    token, ca, namespace = volume["projected"]["sources"]
+    assert token["serviceAccountToken"]["path"] == "token"
+    assert ca["configMap"] == {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+    assert namespace["downwardAPI"]["items"] == [
+        {"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}
+    ]
+    assert volume["projected"]["defaultMode"] == 0o440
+
+
+# --- RBAC: exactly what the in-cluster certificate mode needs -------------------------------------------
+
+
+def test_role_allows_get_and_update_of_the_one_secret_and_create_of_secrets() -> None:
+    role = deploy_objects()["Role"]
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["sidecar-webhook-certs"],
+            "verbs": ["get", "update"],
+        },
+        # create cannot be limited by resourceNames; rbac.yaml says so.
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+    ]
+    assert "cannot be limited by resourceNames" in (BASE / "rbac.yaml").read_text()
+
+
+def test_cluster_role_allows_get_and_patch_of_the_one_webhook_configuration() -> None:
+    configuration = deploy_objects()["MutatingWebhookConfiguration"]["metadata"]["name"]
+    assert deploy_objects()["ClusterRole"]["rules"] == [
+        {
+            "apiGroups": ["admissionregistration.k8s.io"],
+            "resources": ["mutatingwebhookconfigurations"],
+            "resourceNames": [configuration],
+            "verbs": ["get", "patch"],
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("binding", "role"), [("RoleBinding", "Role"), ("ClusterRoleBinding", "ClusterRole")]
+)
+def test_bindings_give_the_roles_to_the_webhook_account_alone(binding: str, role: str) -> None:
+    account = deploy_objects()["ServiceAccount"]["metadata"]
+    bound = deploy_objects()[binding]
+    assert bound["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": role,
+        "name": deploy_objects()[role]["metadata"]["name"],
+    }
+    assert bound["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}
+    ]
 
 
 def test_webhook_container_has_requests_and_limits() -> None:
@@ -553,17 +731,17 @@ def test_build_context_holds_only_what_the_builder_copies() -> None:
     assert allowed == copied
 
 
-# --- The minikube script ------------------------------------------------------------------------------
+# --- The install script -------------------------------------------------------------------------------
 
 
-def test_minikube_script_is_valid_bash() -> None:
+def test_install_script_is_valid_bash() -> None:
     bash = shutil.which("bash")
-    assert bash is not None, "bash is needed to check deploy/minikube.sh"
+    assert bash is not None, "bash is needed to check deploy/install.sh"
     result = subprocess.run([bash, "-n", str(SCRIPT)], capture_output=True, text=True, check=False)
     assert (result.returncode, result.stderr) == (0, "")
 
 
-def test_minikube_script_passes_shellcheck() -> None:
+def test_install_script_passes_shellcheck() -> None:
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
         pytest.skip("shellcheck is not installed (apt-get install shellcheck); CI installs pip packages only")
@@ -571,36 +749,36 @@ def test_minikube_script_passes_shellcheck() -> None:
     assert (result.returncode, result.stdout) == (0, "")
 
 
-# Stands in for minikube, kubectl and sidecar-webhook: logs each call, answers the few that need answers.
+# Stands in for minikube, kind, docker and kubectl: logs each call (and the overlay an
+# `apply -k` is given), answers the few that need answers.
 FAKE_TOOL = """#!/usr/bin/env bash
 printf '%s %s\\n' "$(basename "$0")" "$*" >> "$FAKE_CALLS"
 case "$(basename "$0") $*" in
+  "kubectl "*"config current-context") echo "$FAKE_CONTEXT" ;;
   "kubectl "*"get --raw /version") printf '{\\n  "major": "1",\\n  "minor": "%s"\\n}\\n' "$FAKE_MINOR" ;;
-  "kubectl "*"apply -f -") sed 's/^/stdin: /' >> "$FAKE_CALLS" ;;
-  *" certs manifests "*) echo "kind: MutatingWebhookConfiguration" ;;
+  "kubectl "*"apply -k .install-image."*) sed "s/^/overlay: /" "${@: -1}"/kustomization.yaml >>"$FAKE_CALLS";;
 esac
 """
 
 
-def run_script(tmp_path: Path, *args: str, minor: str = "30", **env: str) -> tuple[int, str, list[str]]:
-    """Run deploy/minikube.sh against fake tools; return its exit code, stderr and the calls it made."""
+def run_script(
+    tmp_path: Path, *args: str, minor: str = "30", context: str = "minikube", **env: str
+) -> tuple[int, str, list[str]]:
+    """Run deploy/install.sh against fake tools; return its exit code, stderr and the calls it made."""
     tools = tmp_path / "bin"
     tools.mkdir()
-    for name in ("minikube", "kubectl", "sidecar-webhook", "custom-webhook"):
+    for name in ("minikube", "kind", "docker", "kubectl"):
         (tools / name).write_text(FAKE_TOOL)
         (tools / name).chmod(0o755)
     calls = tmp_path / "calls"
     calls.touch()
-    environment = {key: value for key, value in os.environ.items() if key != "MINIKUBE_PROFILE"}
-    environment.pop("SIDECAR_WEBHOOK_BIN", None)
+    settings = ("MINIKUBE_PROFILE", "KIND_CLUSTER", "KUBE_CONTEXT", "KUBE_KIT", "SIDECAR_WEBHOOK_")
+    environment = {key: value for key, value in os.environ.items() if not key.startswith(settings)}
     environment |= {"PATH": f"{tools}{os.pathsep}{os.environ['PATH']}", "FAKE_CALLS": str(calls)}
-    environment |= {"FAKE_MINOR": minor, **env}
+    environment |= {"FAKE_MINOR": minor, "FAKE_CONTEXT": context, **env}
     command = ["bash", str(SCRIPT), *args]
     result = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True)
     return result.returncode, result.stderr, calls.read_text().splitlines()
-
-
-KUBECTL = "kubectl --context minikube"
 
 
 def assert_in_order(calls: list[str], expected: list[str]) -> None:
@@ -610,7 +788,7 @@ def assert_in_order(calls: list[str], expected: list[str]) -> None:
 
 
 @pytest.mark.parametrize("minor", ["30", "37+"])
-def test_minikube_up_installs_then_sets_the_ca_bundle_then_shows_the_sidecar_log(
+def test_up_on_minikube_builds_installs_sets_the_ca_bundle_then_shows_the_sidecar_log(
     tmp_path: Path, minor: str
 ) -> None:
     returncode, stderr, calls = run_script(tmp_path, "up", minor=minor)
@@ -621,50 +799,99 @@ def test_minikube_up_installs_then_sets_the_ca_bundle_then_shows_the_sidecar_log
         calls,
         [
             "minikube -p minikube image build -t sidecar-webhook:dev .",
-            "sidecar-webhook certs create --service sidecar-webhook --namespace sidecar-webhook --out certs",
-            f"{KUBECTL} apply -k deploy/",
-            "sidecar-webhook certs manifests --dir certs",
-            "stdin: kind: MutatingWebhookConfiguration",
-            f"{KUBECTL} -n sidecar-webhook rollout status deploy/sidecar-webhook --timeout=120s",
-            f"{KUBECTL} -n default apply -f {seed_path}",
-            f"{KUBECTL} -n default wait --for=condition=Ready pod/{seed} --timeout=120s",
-            f"{KUBECTL} -n default logs {seed} -c log-app",
+            "kubectl apply -k deploy/",
+            "kubectl -n sidecar-webhook rollout status deploy/sidecar-webhook --timeout=180s",
+            f"kubectl -n default apply -f {seed_path}",
+            f"kubectl -n default wait --for=condition=Ready pod/{seed} --timeout=120s",
+            f"kubectl -n default logs {seed} -c log-app",
         ],
     )
-    assert f"{KUBECTL} apply -f -" in calls
-    assert all(call.startswith(f"{KUBECTL} ") for call in calls if call.startswith("kubectl"))
+    # The webhook makes its certificates and writes its caBundle: nothing else is applied.
+    assert [call for call in calls if "apply" in call and "-n default" not in call] == [
+        "kubectl apply -k deploy/"
+    ]
 
 
-def test_minikube_up_uses_the_cli_named_by_sidecar_webhook_bin(tmp_path: Path) -> None:
+def test_every_kubectl_call_goes_to_the_context_named_by_kube_context(tmp_path: Path) -> None:
+    returncode, stderr, calls = run_script(tmp_path, "up", KUBE_CONTEXT="minikube")
+    assert returncode == 0, stderr
+    assert all(call.startswith("kubectl --context minikube ") for call in calls if call.startswith("kubectl"))
+
+
+def test_up_on_kind_builds_with_docker_and_loads_into_the_cluster_of_the_context(tmp_path: Path) -> None:
+    returncode, stderr, calls = run_script(tmp_path, "up", context="kind-dev")
+    assert returncode == 0, stderr
+    assert_in_order(
+        calls,
+        ["docker build -t sidecar-webhook:dev .", "kind load docker-image sidecar-webhook:dev --name dev"],
+    )
+    assert not [call for call in calls if call.startswith("minikube")]
+
+
+def test_an_image_in_a_registry_is_pushed_and_set_through_a_kustomize_overlay(tmp_path: Path) -> None:
+    image = "registry.example.com:5000/team/sidecar-webhook:v1.2"
     returncode, stderr, calls = run_script(
-        tmp_path, "up", SIDECAR_WEBHOOK_BIN=str(tmp_path / "bin" / "custom-webhook")
+        tmp_path, "up", context="prod", SIDECAR_WEBHOOK_IMAGE=image, SIDECAR_WEBHOOK_LOAD="push"
     )
     assert returncode == 0, stderr
-    cli_calls = [call.split(" ")[0] for call in calls if " certs " in call]
-    assert cli_calls == ["custom-webhook", "custom-webhook"]
+    assert_in_order(calls, [f"docker build -t {image} .", f"docker push {image}"])
+    overlay = [call.removeprefix("overlay: ") for call in calls if call.startswith("overlay: ")]
+    assert yaml.safe_load("\n".join(overlay)) == {
+        "resources": ["../deploy"],
+        "images": [
+            {
+                "name": "sidecar-webhook",
+                "newName": "registry.example.com:5000/team/sidecar-webhook",
+                "newTag": "v1.2",
+            }
+        ],
+    }
+    assert "kubectl apply -k deploy/" not in calls
+    assert list(tmp_path.glob(".install-image.*")) == [], "the overlay is removed"
 
 
-def test_minikube_up_refuses_a_cluster_older_than_1_30_before_changing_anything(tmp_path: Path) -> None:
+def test_load_none_on_an_unknown_cluster_builds_nothing(tmp_path: Path) -> None:
+    returncode, stderr, calls = run_script(tmp_path, "up", context="some-kubeadm-cluster")
+    assert returncode == 0, stderr
+    assert not [call for call in calls if call.split(" ")[0] in ("minikube", "kind", "docker")]
+    assert "kubectl apply -k deploy/" in calls
+
+
+def test_an_unknown_load_method_is_refused_by_name(tmp_path: Path) -> None:
+    returncode, stderr, calls = run_script(tmp_path, "image", SIDECAR_WEBHOOK_LOAD="scp")
+    assert returncode != 0
+    assert "SIDECAR_WEBHOOK_LOAD=scp" in stderr and "minikube, kind, push, kit or none" in stderr
+    assert not [call for call in calls if "build" in call]
+
+
+def test_up_refuses_a_cluster_older_than_1_30_before_changing_anything(tmp_path: Path) -> None:
     returncode, stderr, calls = run_script(tmp_path, "up", minor="29")
     assert returncode != 0
     assert "1.30" in stderr
-    assert [call for call in calls if "apply" in call or "image build" in call] == []
+    assert [call for call in calls if "apply" in call or "build" in call] == []
 
 
-def test_minikube_down_removes_the_webhook_configuration_before_its_service(tmp_path: Path) -> None:
+def test_a_failing_step_stops_the_install(tmp_path: Path) -> None:
+    returncode, stderr, calls = run_script(tmp_path, "up", SIDECAR_WEBHOOK_LOAD="kit", KUBE_KIT=str(tmp_path))
+    assert returncode != 0
+    assert f"no kit at {tmp_path}" in stderr
+    assert [call for call in calls if "apply" in call] == []
+
+
+def test_down_removes_the_webhook_configuration_before_its_service(tmp_path: Path) -> None:
     returncode, stderr, calls = run_script(tmp_path, "down")
     assert returncode == 0, stderr
     assert_in_order(
         calls,
         [
-            f"{KUBECTL} -n default delete -f {SEED_POD.relative_to(ROOT)} --ignore-not-found --now",
-            f"{KUBECTL} delete mutatingwebhookconfiguration sidecar-webhook --ignore-not-found",
-            f"{KUBECTL} delete -k deploy/ --ignore-not-found",
+            f"kubectl -n default delete -f {SEED_POD.relative_to(ROOT)} --ignore-not-found --now",
+            "kubectl delete mutatingwebhookconfiguration sidecar-webhook --ignore-not-found",
+            "kubectl delete -k deploy/ --ignore-not-found",
         ],
     )
 
 
-def test_minikube_script_without_a_command_prints_its_usage(tmp_path: Path) -> None:
+def test_install_script_without_a_command_prints_its_usage(tmp_path: Path) -> None:
     returncode, stderr, calls = run_script(tmp_path)
     assert returncode != 0
     assert "usage" in stderr

@@ -357,3 +357,32 @@ def test_json_pointer_segments_are_escaped() -> None:
 
     assert pointer("metadata", "annotations", "a~b/c") == "/metadata/annotations/a~0b~1c"
     assert pointer("x", "~1") == "/x/~01"
+
+
+# --- sidecars of earlier versions
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_a_pod_injected_by_the_previous_version_gets_no_second_sidecar(
+    settings: Settings, native: bool
+) -> None:
+    """Versions up to 0.1 ran `tail -n +1 -F FILE` directly; such pods are in clusters today and are
+    admitted again (reinvocation, or a ReplicaSet's template copied from an injected pod)."""
+    pod = injected(
+        make_pod({LOG_PATH: "/var/log/app.log"}, restartPolicy="Never" if native else "Always"), settings
+    )
+    sidecar = container(pod, "log-app")
+    sidecar["command"] = ["tail", "-n", "+1", "-F", "/var/log/app.log"]
+    assert decide_pod(pod, settings) == Decision.allow("already-injected")
+
+
+def test_a_container_that_only_resembles_the_sidecar_is_not_taken_for_it(settings: Settings) -> None:
+    pod = make_pod(
+        {LOG_PATH: "/var/log/app.log"},
+        containers=[
+            {"name": "app", "image": "alpine"},
+            {"name": "own-tail", "image": "alpine", "command": ["tail", "-F", "/var/log/app.log"]},
+        ],
+    )
+    result = injected(pod, settings)
+    assert container(result, "log-app")["command"][-1] == "/var/log/app.log"

@@ -23,6 +23,7 @@ from tests.kube import (
 )
 from webhook.admission import review
 from webhook.settings import Settings
+from webhook.sidecar import follow_command
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -33,6 +34,10 @@ class Injected:
     mounts: dict[str, str]  # app container -> log directory it must mount
     volume: str = "sidecar-logs"  # the volume holding the log directory
     native: bool = False
+    user: tuple[int, int] = (65534, 65534)  # the sidecar's runAsUser, runAsGroup
+    requests: tuple[str, str] = ("5m", "8Mi")  # the sidecar's cpu, memory (the defaults unless annotated)
+    limits: tuple[str, str] = ("50m", "32Mi")
+    warns: tuple[str, ...] = ()  # words of the one warning, if any
 
 
 @dataclass(frozen=True)
@@ -64,8 +69,30 @@ EXPECTED: dict[str, Injected | Allowed | Denied] = {
     ),
     "native-sidecar-present": Injected({"log-app": "/var/log/app.log"}, {"app": "/var/log"}),
     "job-like-never-restart": Injected({"log-report": "/work/report.log"}, {"report": "/work"}, native=True),
-    "restricted-pss": Injected({"log-service": "/var/log/svc/service.log"}, {"svc": "/var/log/svc"}),
+    # The pod runs as 10001 and sets no runAsGroup: the sidecar borrows the uid, its group is 65534.
+    "restricted-pss": Injected(
+        {"log-service": "/var/log/svc/service.log"}, {"svc": "/var/log/svc"}, user=(10001, 65534)
+    ),
     "reinvocation-after-injection": Allowed("already-injected"),
+    "per-pod-resources": Injected(
+        {"log-app": "/var/log/app.log"},
+        {"app": "/var/log"},
+        requests=("100m", "8Mi"),
+        limits=("100m", "64Mi"),
+    ),
+    "request-above-limit": Denied(
+        ("sidecar.example/cpu-request", '"500m"', "above the limit", "sidecar.example/cpu-limit", '"0.2"')
+    ),
+    "resources-above-maximum": Denied(("sidecar.example/memory-limit", '"1Gi"', "maximum of 512Mi")),
+    "app-user": Injected({"log-app": "/var/log/app/app.log"}, {"app": "/var/log/app"}, user=(1000, 3000)),
+    "different-users": Injected(
+        {"log-app": "/var/log/app.log"},
+        {"api": "/var/log", "worker": "/var/log"},
+        warns=("uid 65534", "different users", "api: 1000, worker: 2000", "sidecar.example/containers"),
+    ),
+    "root-app": Injected(
+        {"log-app": "/var/log/app.log"}, {"app": "/var/log"}, warns=("uid 65534", "'app'", "root")
+    ),
 }
 
 
@@ -144,7 +171,7 @@ def test_injected_pod_has_its_sidecars_mounts_and_volume(name: str, settings: Se
     for name_, file in expected.sidecars.items():
         sidecar = container(pod, name_)
         assert sidecar in where
-        assert sidecar["command"] == ["tail", "-n", "+1", "-F", file]
+        assert sidecar["command"] == follow_command(file)
         assert "args" not in sidecar, "the path is data, never passed through a shell"
         assert sidecar["image"] == "busybox:1.37"
         assert sidecar.get("restartPolicy") == ("Always" if expected.native else None)
@@ -152,7 +179,12 @@ def test_injected_pod_has_its_sidecars_mounts_and_volume(name: str, settings: Se
         (log_mount,) = [m for m in sidecar["volumeMounts"] if m["mountPath"] == directory]
         assert log_mount == {"name": expected.volume, "mountPath": directory, "readOnly": True}
         resources = sidecar["resources"]
-        assert set(resources["requests"]) == set(resources["limits"]) == {"cpu", "memory"}
+        assert resources == {
+            "requests": dict(zip(("cpu", "memory"), expected.requests, strict=True)),
+            "limits": dict(zip(("cpu", "memory"), expected.limits, strict=True)),
+        }
+        user = sidecar["securityContext"]["runAsUser"], sidecar["securityContext"]["runAsGroup"]
+        assert user == expected.user
     if expected.native:
         assert pod["spec"]["initContainers"][0]["name"] in expected.sidecars, "a native sidecar starts first"
     for app, directory in expected.mounts.items():
@@ -207,10 +239,18 @@ def test_injection_keeps_a_compliant_pod_compliant_with_pod_security_restricted(
     before = set(restricted_violations(recorded["request"]["object"]))
     after = set(restricted_violations(apply(recorded["request"]["object"], patch_ops(response))))
     assert after <= before
-    if name == "restricted-pss":
+    if name in ("restricted-pss", "app-user"):
         assert before == after == set()
 
 
-def test_classic_and_native_fixtures_warn_about_nothing(settings: Settings) -> None:
-    for name in INJECTED:
-        assert "warnings" not in answer(name, settings)[1], name
+@pytest.mark.parametrize("name", INJECTED)
+def test_injected_pod_gets_exactly_the_warnings_its_case_calls_for(name: str, settings: Settings) -> None:
+    expected = EXPECTED[name]
+    assert isinstance(expected, Injected)
+    warnings = answer(name, settings)[1].get("warnings", [])
+    if not expected.warns:
+        assert warnings == []
+        return
+    (warning,) = warnings
+    for words in expected.warns:
+        assert words in warning

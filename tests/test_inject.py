@@ -162,6 +162,12 @@ def test_workloads_get_the_sidecar_where_their_pods_run_it(inject: Inject) -> No
     assert job["initContainers"][0]["restartPolicy"] == "Always", "a Job's pods get a native sidecar"
     cronjob = template("cronjob.yaml", "spec", "jobTemplate", "spec", "template", "spec")
     assert cronjob["initContainers"][0]["name"] == "log-backup"
+    ledger = template("app-user-and-resources.yaml", "spec", "template", "spec")["containers"][1]
+    assert (ledger["securityContext"]["runAsUser"], ledger["securityContext"]["runAsGroup"]) == (1000, 1000)
+    assert ledger["resources"] == {
+        "requests": {"cpu": "100m", "memory": "8Mi"},
+        "limits": {"cpu": "500m", "memory": "64Mi"},
+    }
     statefulset = template("statefulset.yaml", "spec", "template", "spec")
     assert statefulset["containers"][1]["volumeMounts"][0] == {
         "name": "data",

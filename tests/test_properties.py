@@ -1,6 +1,8 @@
 """Invariants over generated pods that no list of examples covers."""
 
+import json
 import re
+from decimal import Decimal
 from typing import Any
 
 from hypothesis import HealthCheck, given
@@ -18,6 +20,7 @@ from tests.kube import (
 )
 from webhook.engine import decide_pod
 from webhook.settings import Settings
+from webhook.sidecar import FOLLOW
 
 # Small pools, so collisions (names, directories, nested mounts) happen often.
 CONTAINER_NAMES = ["app", "web", "log-a", "log-a-2", "log-b", "sidecar-logs", "init"]
@@ -39,6 +42,38 @@ RESTRICTED = {
     "capabilities": {"drop": ["ALL"]},
     "seccompProfile": {"type": "RuntimeDefault"},
 }
+# Users to run as, None for not said; few, so targets often agree and often don't.
+USERS = [None, None, 0, 1000, 1000, 2000]
+GROUPS = [None, 0, 3000]
+# Quantity annotations and their exact value, worked out by hand (None: not a quantity).
+CPU_VALUES = {
+    "0": Decimal(0),
+    "1m": Decimal("0.001"),
+    "5m": Decimal("0.005"),
+    "100m": Decimal("0.1"),
+    "0.5": Decimal("0.5"),
+    "1": Decimal(1),
+    "1001m": Decimal("1.001"),
+    "1e-12": Decimal("1e-9"),
+    "-1m": Decimal("-0.001"),
+    "1Ki": Decimal(1024),
+    "1 m": None,
+    "one": None,
+}
+MEMORY_VALUES = {
+    "0": Decimal(0),
+    "4Mi": Decimal(4 * 2**20),
+    "8Mi": Decimal(8 * 2**20),
+    "64M": Decimal(64 * 10**6),
+    "0.5Gi": Decimal(2**29),
+    "512Mi": Decimal(2**29),
+    "513Mi": Decimal(513 * 2**20),
+    "128m": Decimal("0.128"),
+    "-1Mi": Decimal(-(2**20)),
+    "1e9": Decimal(10**9),
+    "Mi": None,
+}
+VALUES = {"cpu": CPU_VALUES, "memory": MEMORY_VALUES}
 PROPERTY_RUN = hypothesis_settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
@@ -70,9 +105,19 @@ def containers(draw: st.DrawFn, name: str, volumes: list[str], restricted: bool)
         mounts.append(mount)
     if mounts or draw(st.booleans()):
         c["volumeMounts"] = mounts
-    if restricted:
-        c["securityContext"] = RESTRICTED
+    security = {**(RESTRICTED if restricted else {}), **draw(run_as())}
+    if security:
+        c["securityContext"] = security
     return c
+
+
+@st.composite
+def run_as(draw: st.DrawFn) -> dict[str, int]:
+    user, group = draw(st.sampled_from(USERS)), draw(st.sampled_from(GROUPS))
+    return {
+        **({"runAsUser": user} if user is not None else {}),
+        **({"runAsGroup": group} if group is not None else {}),
+    }
 
 
 @st.composite
@@ -92,6 +137,8 @@ def annotated_pods(draw: st.DrawFn) -> dict[str, Any]:
         spec["restartPolicy"] = policy
     if draw(st.booleans()):
         spec["automountServiceAccountToken"] = False
+    if pod_security := draw(run_as()):
+        spec["securityContext"] = pod_security
     annotations = {
         "sidecar.example/log-path": ", ".join(draw(st.lists(st.sampled_from(FILES), min_size=1, max_size=4)))
     }
@@ -100,6 +147,10 @@ def annotated_pods(draw: st.DrawFn) -> dict[str, Any]:
         annotations["sidecar.example/containers"] = ",".join(targets)
     if mode := draw(st.sampled_from([None, "auto", "classic", "native", "bogus"])):
         annotations["sidecar.example/mode"] = mode
+    for resource, values in VALUES.items():
+        for kind in ("request", "limit"):
+            if quantity := draw(st.sampled_from([None, None, *values])):
+                annotations[f"sidecar.example/{resource}-{kind}"] = quantity
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -140,7 +191,7 @@ def test_patch_applies_and_keeps_the_pod_well_formed_and_a_second_pass_adds_noth
     assert schema_errors(result) == []
     assert set(restricted_violations(result)) <= set(restricted_violations(pod))
     files = [f.strip() for f in pod["metadata"]["annotations"]["sidecar.example/log-path"].split(",")]
-    tailed = [c["command"][-1] for c in all_containers(result) if c.get("command", [""])[0] == "tail"]
+    tailed = [c["command"][-1] for c in all_containers(result) if c.get("command", [])[:-1] == list(FOLLOW)]
     assert sorted(tailed) == sorted(set(files))
     again = run_service_account_plugin(result)
     assert decide_pod(again, settings).patch == ()
@@ -175,7 +226,133 @@ def test_any_log_path_value_is_either_denied_clearly_or_tailed_without_a_shell(
         return
     result = apply(pod, list(decision.patch))
     for sidecar in result["spec"]["containers"][1:]:
-        assert sidecar["command"][:4] == ["tail", "-n", "+1", "-F"] and len(sidecar["command"]) == 5
-        assert sidecar["command"][4] in value and sidecar["command"][4].startswith("/")
+        # The program is fixed; the value reaches it only as its last argument, the file.
+        assert sidecar["command"][:-1] == list(FOLLOW)
+        assert sidecar["command"][-1] in value and sidecar["command"][-1].startswith("/")
         assert "args" not in sidecar
     assert schema_errors(result) == []
+
+
+def new_sidecars(pod: dict[str, Any], result: dict[str, Any]) -> list[dict[str, Any]]:
+    before = {c["name"] for c in all_containers(pod)}
+    return [c for c in all_containers(result) if c["name"] not in before]
+
+
+def effective(pod: dict[str, Any], container: dict[str, Any], field: str) -> Any:
+    own = (container.get("securityContext") or {}).get(field)
+    return own if own is not None else (pod["spec"].get("securityContext") or {}).get(field)
+
+
+@st.composite
+def pods_with_users(draw: st.DrawFn) -> dict[str, Any]:
+    """Pods that are always injected, whose containers and pod say (or don't) who they run as."""
+    names = draw(st.lists(st.sampled_from(["app", "web", "worker"]), min_size=1, max_size=3, unique=True))
+    spec: dict[str, Any] = {"containers": [{"name": n, "image": "alpine"} for n in names]}
+    for c in spec["containers"]:
+        if security := draw(run_as()):
+            c["securityContext"] = security
+    if security := draw(run_as()):
+        spec["securityContext"] = security
+    annotations = {"sidecar.example/log-path": draw(st.sampled_from(FILES))}
+    if draw(st.booleans()):
+        annotations["sidecar.example/containers"] = ",".join(
+            draw(st.permutations(names))[: len(names) // 2 + 1]
+        )
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p", "annotations": annotations},
+        "spec": spec,
+    }
+
+
+@PROPERTY_RUN
+@given(pods_with_users())
+def test_sidecar_runs_as_the_targets_one_non_root_user_else_as_nobody_with_a_reason(
+    settings: Settings, pod: dict[str, Any]
+) -> None:
+    decision = decide_pod(pod, settings)
+    result = apply(pod, list(decision.patch))
+    names = pod["metadata"]["annotations"].get("sidecar.example/containers")
+    targets = [c for c in pod["spec"]["containers"] if names is None or c["name"] in names.split(",")]
+    users = {effective(pod, c, "runAsUser") for c in targets}
+    groups = {effective(pod, c, "runAsGroup") for c in targets}
+    borrowed = len(users) == 1 and users != {None} and users != {0}
+    uid = users.copy().pop() if borrowed else 65534
+    gid = groups.copy().pop() if borrowed and len(groups) == 1 and groups not in ({None}, {0}) else 65534
+    warned = [w for w in decision.warnings if "the log sidecar runs as uid 65534" in w]
+    assert len(warned) == (1 if 0 in users or (len(users) > 1 and users != {None}) else 0)
+    if 0 in users:
+        assert "root" in warned[0]
+    sidecars = new_sidecars(pod, result)
+    for sidecar in sidecars:
+        security = sidecar["securityContext"]
+        assert (security["runAsUser"], security["runAsGroup"]) == (uid, gid)
+        assert security["runAsNonRoot"] is True and security["runAsUser"] != 0
+    names_of_sidecars = {f"container {c['name']} " for c in sidecars}
+    assert not [v for v in restricted_violations(result) if any(map(v.startswith, names_of_sidecars))]
+
+
+def expected_resources(annotations: dict[str, str]) -> dict[str, dict[str, str]] | str:
+    """The sidecar's resources by the README's rules, or the annotation that must be denied: each
+    value on its own first, in the table's order, then each request against its limit."""
+    defaults = {
+        "cpu": (("5m", Decimal("0.005")), ("50m", Decimal("0.05")), Decimal(1)),
+        "memory": (("8Mi", Decimal(8 * 2**20)), ("32Mi", Decimal(32 * 2**20)), Decimal(2**29)),
+    }
+    asked: dict[tuple[str, str], tuple[str, Decimal]] = {}
+    for resource, (_, _, maximum) in defaults.items():
+        for kind in ("request", "limit"):
+            name = f"sidecar.example/{resource}-{kind}"
+            if name not in annotations:
+                continue
+            value = VALUES[resource][annotations[name]]
+            if value is None or value < 0 or value > maximum or (kind == "limit" and value == 0):
+                return name
+            if resource == "memory" and value != value.to_integral_value():
+                return name
+            asked[resource, kind] = (annotations[name], value)
+    for resource in defaults:
+        asked_request, asked_limit = asked.get((resource, "request")), asked.get((resource, "limit"))
+        if asked_request and asked_limit and asked_request[1] > asked_limit[1]:
+            return f"sidecar.example/{resource}-request"
+    requests, limits = {}, {}
+    for resource, (default_request, default_limit, _) in defaults.items():
+        request = asked.get((resource, "request"), default_request)
+        limit = asked.get((resource, "limit"), default_limit)
+        if request[1] > limit[1]:  # one of them is a default, which gives way to the annotation
+            request, limit = (request, request) if (resource, "request") in asked else (limit, limit)
+        requests[resource], limits[resource] = request[0], limit[0]
+    return {"requests": requests, "limits": limits}
+
+
+@PROPERTY_RUN
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            f"sidecar.example/{resource}-{kind}": st.sampled_from(list(values))
+            for resource, values in VALUES.items()
+            for kind in ("request", "limit")
+        },
+    )
+)
+def test_sidecar_resources_follow_the_annotations_within_the_maxima_else_are_denied(
+    settings: Settings, annotations: dict[str, str]
+) -> None:
+    annotations["sidecar.example/log-path"] = "/var/log/app.log"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p", "annotations": annotations},
+        "spec": {"containers": [{"name": "app", "image": "alpine"}]},
+    }
+    expected = expected_resources(annotations)
+    decision = decide_pod(pod, settings)
+    if isinstance(expected, str):
+        assert not decision.allowed
+        assert decision.message.startswith(f"annotation {expected}: {json.dumps(annotations[expected])}")
+        assert "expected" in decision.message
+        return
+    (sidecar,) = new_sidecars(pod, apply(pod, list(decision.patch)))
+    assert sidecar["resources"] == expected

@@ -7,12 +7,19 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from webhook.quantity import Quantity, parse_quantity
 from webhook.settings import Settings
 
 LOG_PATH = "sidecar.example/log-path"
 CONTAINERS = "sidecar.example/containers"
 MODE = "sidecar.example/mode"
 INJECTED = "sidecar.example/injected"
+CPU_REQUEST = "sidecar.example/cpu-request"
+CPU_LIMIT = "sidecar.example/cpu-limit"
+MEMORY_REQUEST = "sidecar.example/memory-request"
+MEMORY_LIMIT = "sidecar.example/memory-limit"
+# resource -> (its request annotation, its limit annotation)
+RESOURCE_ANNOTATIONS = {"cpu": (CPU_REQUEST, CPU_LIMIT), "memory": (MEMORY_REQUEST, MEMORY_LIMIT)}
 
 MAX_LOG_PATHS = 8
 # Linux PATH_MAX: no longer path can be opened, so a longer value is a mistake, not a log file.
@@ -43,12 +50,21 @@ def _quote(value: object, limit: int = 200) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Resources:
+    """The sidecar's requests and limits, as quantities the API server accepts, by resource."""
+
+    requests: tuple[tuple[str, str], ...]  # (resource, quantity): cpu, then memory
+    limits: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class LogRequest:
     """What the pod author asked for, parsed and checked against everything but the pod itself."""
 
     files: tuple[str, ...]  # absolute, normalised: no empty, '.' or '..' segment, no trailing '/'
     containers: tuple[str, ...] | None  # None: every app container
     mode: Mode
+    resources: Resources
 
 
 _PATHS_EXPECTED = 'one or more absolute file paths separated by commas, e.g. "/var/log/app.log"'
@@ -122,11 +138,80 @@ def parse_mode(value: object, settings: Settings) -> Mode:
     return Mode(value.strip())
 
 
+def _quantity_parser(
+    annotation: str, resource: str, *, limit: bool
+) -> Callable[[object, Settings], Quantity]:
+    """The parser of one request or limit annotation: a quantity the API server accepts for the
+    resource, within the server's maximum. Whether a request fits its limit is checked in `parse`."""
+
+    def parse_resource_quantity(value: object, settings: Settings) -> Quantity:
+        maximum = getattr(settings, f"sidecar_{resource}_max")
+        example = '"64Mi"' if resource == "memory" else '"100m" or "0.5"'
+        expected = f"a {resource} quantity of at most {maximum}, e.g. {example}"
+
+        def refuse(problem: str) -> AnnotationError:
+            return AnnotationError(annotation, value, problem, expected)
+
+        if not isinstance(value, str):
+            raise refuse("is not a string")
+        try:
+            quantity = parse_quantity(value)
+        except ValueError:
+            raise refuse("is not a Kubernetes quantity") from None
+        if quantity.value < 0:
+            raise refuse("is negative")
+        if resource == "memory" and quantity.value != quantity.value.to_integral_value():
+            # "128m" is 0.128 bytes: a slip for 128Mi that the API server would only warn about.
+            raise refuse("is not a whole number of bytes (m means thousandths; Mi means mebibytes)")
+        if limit and quantity.value == 0:
+            raise refuse("is 0, which Kubernetes reads as no limit at all")
+        if quantity.value > parse_quantity(maximum).value:
+            raise refuse(f"is above the maximum of {maximum} that this webhook allows")
+        return quantity
+
+    return parse_resource_quantity
+
+
+def _resources(values: Mapping[str, Any], settings: Settings) -> Resources:
+    """Each annotation sets its own field and the server's defaults fill the rest; a default that
+    would contradict an annotation gives way to it: a request above the default limit raises the
+    limit to the request, a limit below the default request lowers the request to the limit."""
+    requests = {"cpu": settings.sidecar_cpu_request, "memory": settings.sidecar_memory_request}
+    limits = {"cpu": settings.sidecar_cpu_limit, "memory": settings.sidecar_memory_limit}
+    for resource, (request_annotation, limit_annotation) in RESOURCE_ANNOTATIONS.items():
+        request: Quantity | None = values[request_annotation]
+        limit: Quantity | None = values[limit_annotation]
+        if request is None and limit is None:
+            continue  # the common case: the defaults, which need no parsing
+        if request is not None and limit is not None and request.value > limit.value:
+            raise AnnotationError(
+                request_annotation,
+                request.text,
+                f"is above the limit {limit_annotation}: {_quote(limit.text)}",
+                f"a {resource} request at most its limit",
+            )
+        if request is None:
+            request = parse_quantity(requests[resource])
+            if limit is not None and limit.value < request.value:
+                request = limit
+        if limit is None:
+            limit = parse_quantity(limits[resource])
+            if limit.value < request.value:
+                limit = request
+        requests[resource], limits[resource] = request.text, limit.text
+    return Resources(tuple(requests.items()), tuple(limits.items()))
+
+
 # annotation -> (parser, value when the annotation is absent)
 _PARSERS: dict[str, tuple[Callable[[object, Settings], Any], Any]] = {
     LOG_PATH: (parse_log_paths, ()),
     CONTAINERS: (parse_container_names, None),
     MODE: (parse_mode, Mode.AUTO),
+    **{
+        annotation: (_quantity_parser(annotation, resource, limit=is_limit), None)
+        for resource, pair in RESOURCE_ANNOTATIONS.items()
+        for annotation, is_limit in zip(pair, (False, True), strict=True)
+    },
 }
 
 
@@ -136,4 +221,9 @@ def parse(annotations: Mapping[str, str], settings: Settings) -> LogRequest:
         name: parser(annotations[name], settings) if name in annotations else default
         for name, (parser, default) in _PARSERS.items()
     }
-    return LogRequest(files=values[LOG_PATH], containers=values[CONTAINERS], mode=values[MODE])
+    return LogRequest(
+        files=values[LOG_PATH],
+        containers=values[CONTAINERS],
+        mode=values[MODE],
+        resources=_resources(values, settings),
+    )

@@ -93,9 +93,13 @@ class Refused(Exception):
         self.reply, self.started, self.body_unread = reply, started, body_unread
 
 
-def create_app(settings: Settings, state: ServingState | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, state: ServingState | None = None, metrics: Metrics | None = None
+) -> FastAPI:
+    """The service; `state` and `metrics` are shared with the server, which sets readiness and
+    counts certificate work in the same registry as the reviews."""
     serving = state if state is not None else ServingState(ready=True)
-    metrics = Metrics()
+    metrics = metrics if metrics is not None else Metrics()
     large_bodies = asyncio.Semaphore(LARGE_BODIES_AT_ONCE)
     # No HTTP docs: the schema is printed by `sidecar-webhook openapi`, and the port faces only
     # the API server.

@@ -11,7 +11,6 @@ from urllib.parse import urlsplit
 
 import yaml
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 
 from webhook import pki, tls
 
@@ -22,8 +21,12 @@ SERVING_DAYS = 365
 RENEW_AFTER = 2 / 3
 # `check` fails this long before expiry, so there is time to act.
 WARN_BEFORE = timedelta(days=30)
-DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy"
+# A copy of deploy/'s webhook configuration, shipped as package data so that `certs manifests` works
+# from an installed package (tests/test_packaging.py keeps the copy equal to deploy/base/'s file).
+DEPLOY_DIR = Path(__file__).resolve().parent / "deploy"
 WEBHOOK_CONFIGURATION = "mutatingwebhookconfiguration.yaml"
+# The Secret a webhook in the file mode mounts (deploy/overlays/bring-your-own-certs).
+TLS_SECRET = "sidecar-webhook-tls"
 
 
 def service_hosts(service: str, namespace: str, extra: Sequence[str] = ()) -> list[str]:
@@ -54,14 +57,14 @@ def create(
     said: list[str] = []
     ca = None if force else _usable_ca(directory, now)
     if ca is None:
-        ca = pki.create_ca("sidecar-webhook CA", CA_DAYS, now)
+        ca = pki.create_ca("sidecar-webhook CA", timedelta(days=CA_DAYS), now)
         said.append(f"created a new CA, valid until {ca.cert.not_valid_after_utc:%Y-%m-%d}")
     else:
         said.append(f"kept the CA, valid until {ca.cert.not_valid_after_utc:%Y-%m-%d}")
     serving = pki.load_pair(directory, tls.TLS_CERT, tls.TLS_KEY)
     why = "forced" if force else _why_reissue(serving, ca, hosts, now)
     if serving is None or why:
-        serving = pki.issue_serving_certificate(ca, hosts, days, now)
+        serving = pki.issue_serving_certificate(ca, hosts, timedelta(days=days), now)
         said.append(
             f"issued a certificate for {', '.join(hosts)} ({why}), valid until "
             f"{serving.cert.not_valid_after_utc:%Y-%m-%d}"
@@ -82,7 +85,7 @@ def _usable_ca(directory: Path, now: datetime) -> pki.KeyPair | None:
 def _why_reissue(serving: pki.KeyPair | None, ca: pki.KeyPair, hosts: Sequence[str], now: datetime) -> str:
     if serving is None:
         return "none was there"
-    if not _signed_by(serving.cert, ca.cert):
+    if not pki.signed_by(serving.cert, ca.cert):
         return "the old one was not signed by this CA"
     if sorted(pki.hosts_of(serving.cert)) != sorted(hosts):
         return "the hosts changed"
@@ -96,14 +99,6 @@ def _is_ca(cert: x509.Certificate) -> bool:
         return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     except x509.ExtensionNotFound:
         return False
-
-
-def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
 
 
 def _in_renewal_window(cert: x509.Certificate, now: datetime) -> bool:
@@ -150,7 +145,7 @@ def check(directory: Path, expected_hosts: Sequence[str] = (), now: datetime | N
         if missing:
             found.problems.append(f"certificate does not cover {', '.join(missing)}")
     if len(loaded) == 2:
-        chained = _signed_by(loaded["certificate"], loaded["CA"])
+        chained = pki.signed_by(loaded["certificate"], loaded["CA"])
         found.lines.append(f"chain: {tls.TLS_CERT} {'is' if chained else 'is NOT'} signed by {tls.CA_CERT}")
         if not chained:
             found.problems.append(
@@ -171,7 +166,6 @@ def manifests(directory: Path, deploy_dir: Path = DEPLOY_DIR, url: str | None = 
             (directory / name).read_bytes() for name in (tls.CA_CERT, tls.TLS_CERT, tls.TLS_KEY)
         )
         configuration = yaml.safe_load((deploy_dir / WEBHOOK_CONFIGURATION).read_text())
-        deployment = yaml.safe_load((deploy_dir / "deployment.yaml").read_text())
     except OSError as error:
         raise ManifestError(f"cannot read {error.filename}: {error.strerror}") from None
     if url is not None and (urlsplit(url).scheme != "https" or not urlsplit(url).hostname):
@@ -188,16 +182,13 @@ def manifests(directory: Path, deploy_dir: Path = DEPLOY_DIR, url: str | None = 
     if url is not None:
         return [configuration]
     service = configuration["webhooks"][0]["clientConfig"]["service"]
-    secret_name = next(
-        v["secret"]["secretName"] for v in deployment["spec"]["template"]["spec"]["volumes"] if "secret" in v
-    )
     secret = {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {
-            "name": secret_name,
+            "name": TLS_SECRET,
             "namespace": service["namespace"],
-            "labels": deployment["metadata"].get("labels", {}),
+            "labels": configuration["metadata"].get("labels", {}),
         },
         "type": "kubernetes.io/tls",
         "data": {"tls.crt": _b64(cert_pem), "tls.key": _b64(key_pem), "ca.crt": ca_bundle},

@@ -12,6 +12,14 @@ from pydantic import ValidationError
 from webhook import __version__, admission
 from webhook.settings import Settings
 
+DURATION_FLAGS = {
+    "ca_validity": "730 days",
+    "ca_renew_before": "243 days",
+    "serving_validity": "90 days",
+    "serving_renew_before": "30 days",
+    "check_interval": "30 s: how soon a changed caBundle is repaired",
+}
+
 # Each command imports the modules only it needs when it runs, so the server never holds
 # `cryptography` (about 8 MiB), yaml or jsonpatch for its whole life.
 
@@ -58,6 +66,29 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--record-dir", type=Path, help="write each answered review to a JSON file here (off by default)"
     )
+    cluster = serve.add_argument_group(
+        "certificates",
+        "files (default): serve tls.crt and tls.key of --cert-dir, reloaded when they change. cluster: "
+        "keep a CA and the serving certificate in a Secret, write the caBundle of the webhook "
+        "configuration and rotate both; the certificate served is written to --cert-dir. Durations are "
+        "seconds or ISO 8601 (P90D).",
+    )
+    cluster.add_argument("--certificates", choices=["files", "cluster"], help="where certificates come from")
+    cluster.add_argument("--secret-namespace", help="the Secret's namespace (default sidecar-webhook)")
+    cluster.add_argument("--secret-name", help="the Secret with the CA (default sidecar-webhook-certs)")
+    cluster.add_argument(
+        "--webhook-configuration", help="the MutatingWebhookConfiguration to keep the caBundle of"
+    )
+    cluster.add_argument("--service-name", help="the Service, whose DNS names the certificate covers")
+    cluster.add_argument("--service-namespace", help="the Service's namespace")
+    cluster.add_argument(
+        "--extra-host",
+        dest="extra_hosts",
+        action="append",
+        help="another DNS name or IP address (repeatable)",
+    )
+    for name, default in DURATION_FLAGS.items():
+        cluster.add_argument(f"--{name.replace('_', '-')}", help=f"(default {default})")
     serve.set_defaults(run=_serve)
 
     review = commands.add_parser(
@@ -114,7 +145,9 @@ def _parser() -> argparse.ArgumentParser:
         "--url", help="call this https URL instead of the Service (a webhook run outside the cluster)"
     )
     show.add_argument(
-        "--deploy-dir", type=Path, help="where the deploy/ manifests are (default: this checkout's)"
+        "--deploy-dir",
+        type=Path,
+        help="a directory with the mutatingwebhookconfiguration.yaml to fill in (default: the one installed)",
     )
     show.set_defaults(run=_certs_manifests)
     return parser
@@ -122,7 +155,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace) -> Settings:
     """Flags win over SIDECAR_WEBHOOK_* variables, which win over the defaults."""
-    names = ("host", "port", "cert_dir", "log_level", "record_dir", "shutdown_delay")
+    names = (
+        *("host", "port", "cert_dir", "log_level", "record_dir", "shutdown_delay", "certificates"),
+        *("secret_namespace", "secret_name", "webhook_configuration", "service_name", "service_namespace"),
+        *("extra_hosts", *DURATION_FLAGS),
+    )
     flags = {name: getattr(args, name, None) for name in names}
     return Settings(**{name: value for name, value in flags.items() if value is not None})
 

@@ -25,6 +25,7 @@ from webhook.annotations import (
 )
 from webhook.decision import Decision
 from webhook.envelope import AdmissionRequest, error_details
+from webhook.identity import sidecar_identity
 from webhook.naming import sidecar_base_name, unique_name
 from webhook.patch import Operation, add, extend, pointer
 from webhook.pod import Container, Pod, PodSpec, VolumeMount
@@ -32,10 +33,10 @@ from webhook.settings import Settings
 from webhook.sidecar import (
     LOG_VOLUME,
     NO_TOKEN_VOLUME,
+    followed_file,
     log_mount,
     no_token_mount,
     sidecar_container,
-    tail_command,
 )
 
 # Pods that are meant to finish: a classic sidecar never exits, so such a pod never completes.
@@ -98,6 +99,7 @@ def _inject(spec: PodSpec, found: Mapping[str, str], wanted: LogRequest, setting
     existing = _existing_sidecars([*containers, *(spec.init_containers or [])], wanted.files)
     targets = _targets(containers, wanted.containers, found.get(CONTAINERS, ""), set(existing.values()))
     taken = _names_in_use(spec)
+    identity, identity_warning = sidecar_identity(spec.security_context, [c for _, c in targets])
 
     new_volumes: list[dict[str, Any]] = []
     new_mounts: dict[int, list[dict[str, Any]]] = defaultdict(list)
@@ -128,7 +130,17 @@ def _inject(spec: PodSpec, found: Mapping[str, str], wanted: LogRequest, setting
             mounts.append(no_token_mount(no_token_volume))
         name = unique_name(sidecar_base_name(file), taken)
         existing[file] = name
-        new_sidecars.append(sidecar_container(name, file, mounts, native=native, settings=settings))
+        new_sidecars.append(
+            sidecar_container(
+                name,
+                file,
+                mounts,
+                native=native,
+                resources=wanted.resources,
+                identity=identity,
+                settings=settings,
+            )
+        )
 
     ops: list[Operation] = extend(pointer("spec", "volumes"), spec.volumes is not None, new_volumes)
     for index, mounts in new_mounts.items():
@@ -144,16 +156,18 @@ def _inject(spec: PodSpec, found: Mapping[str, str], wanted: LogRequest, setting
 
     if not ops:
         return Decision.allow("already-injected")
+    if new_sidecars and identity_warning:
+        warnings += (identity_warning,)
     return Decision.patched(ops, "injected", warnings)
 
 
 def _existing_sidecars(containers: Sequence[Container], files: Sequence[str]) -> dict[str, str]:
     """Containers that already tail a requested file, by file: the sidecars a first pass added."""
-    by_command = {tuple(tail_command(file)): file for file in files}
+    wanted = set(files)
     found: dict[str, str] = {}
     for container in containers:
-        file = by_command.get(tuple(container.command or ()))
-        if file is not None:
+        file = followed_file(container.command)
+        if file in wanted:
             found.setdefault(file, container.name)
     return found
 

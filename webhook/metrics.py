@@ -1,6 +1,13 @@
 """Prometheus metrics of the service, in a registry of its own (one per app, nothing global)."""
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 # The API server waits for us on every opted-in pod creation: what matters is the
 # milliseconds, up to the webhook timeout of a few seconds.
@@ -28,6 +35,21 @@ class Metrics:
             "sidecar_webhook_review_duration_seconds",
             "Time to answer a call to /mutate, from its first byte read to its answer built.",
             buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+        # Set in the in-cluster certificate mode (webhook/cluster.py), which keeps the certificates.
+        self.certificate_expiry = Gauge(
+            "sidecar_webhook_certificate_expiry_timestamp_seconds",
+            "When the certificate expires (Unix time): the CA that signs, and the certificate served.",
+            ["certificate"],
+            registry=self.registry,
+        )
+        self.certificate_rotations = Counter(
+            "sidecar_webhook_certificate_rotations",
+            "Certificates this replica made and wrote to the Secret (ca: a CA created, promoted or retired; "
+            "serving: a serving certificate issued).",
+            ["certificate"],
             registry=self.registry,
         )
 

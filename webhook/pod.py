@@ -22,10 +22,18 @@ class VolumeMount(_View):
     sub_path_expr: str = Field("", alias="subPathExpr")
 
 
+class SecurityContext(_View):
+    """The user fields of a container's or the pod's securityContext (a container's win)."""
+
+    run_as_user: int | None = Field(None, alias="runAsUser")
+    run_as_group: int | None = Field(None, alias="runAsGroup")
+
+
 class Container(_View):
     name: str
     command: list[str] | None = None
     volume_mounts: list[VolumeMount] | None = Field(None, alias="volumeMounts")
+    security_context: SecurityContext | None = Field(None, alias="securityContext")
 
 
 class Volume(_View):
@@ -50,6 +58,7 @@ class PodSpec(_View):
     restart_policy: str | None = Field(None, alias="restartPolicy")
     os: PodOS | None = None
     automount_service_account_token: bool | None = Field(None, alias="automountServiceAccountToken")
+    security_context: SecurityContext | None = Field(None, alias="securityContext")
 
 
 class Pod(_View):

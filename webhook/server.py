@@ -5,14 +5,20 @@ import logging
 import resource
 import socket
 import time
+from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
 
 from webhook import logs, tls
 from webhook.app import ServingState, create_app
+from webhook.metrics import Metrics
 from webhook.protocol import HttpProtocol
 from webhook.settings import Settings
+
+if TYPE_CHECKING:
+    from webhook.cluster import ClusterCertificates
 
 # The API server's webhook client keeps idle connections for 90 s (Go's default). Keeping ours
 # open longer means the client, not the server, closes an idle connection, so a request never
@@ -30,20 +36,37 @@ _log = logging.getLogger("sidecar_webhook.server")
 
 class _Server(uvicorn.Server):
     def __init__(
-        self, config: uvicorn.Config, state: ServingState, certificate: tls.ReloadingCertificate, drain: float
+        self,
+        config: uvicorn.Config,
+        state: ServingState,
+        cert_dir: Path,
+        drain: float,
+        keeper: "ClusterCertificates | None" = None,
     ) -> None:
         super().__init__(config)
         self.state = state
-        self.certificate = certificate
+        self.cert_dir = cert_dir
         self.drain = drain
+        self.keeper = keeper
         self._exit_at: tuple[float, int] | None = None
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
-        watcher = asyncio.create_task(self.certificate.watch())
+        tasks = []
+        if self.keeper is not None:
+            # The certificate comes from the cluster: listen only once there is one the caBundle trusts.
+            await self.keeper.start()
+            tasks.append(asyncio.create_task(self.keeper.run()))
+        else:
+            self.state.ready = True
+        self.config.load()
+        certificate = tls.ReloadingCertificate(self.cert_dir / tls.TLS_CERT, self.cert_dir / tls.TLS_KEY)
+        self.config.ssl = certificate.context
+        tasks.append(asyncio.create_task(certificate.watch()))
         try:
             await super().serve(sockets)
         finally:
-            watcher.cancel()
+            for task in tasks:
+                task.cancel()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # /readyz answers 503 from the first signal on. With a drain delay the server keeps serving
@@ -68,7 +91,15 @@ def serve(settings: Settings) -> None:
     logs.configure(settings.log_level)
     _allow_all_file_descriptors()
     cert_file, key_file = settings.cert_dir / tls.TLS_CERT, settings.cert_dir / tls.TLS_KEY
-    if not tls.has_pair(settings.cert_dir):
+    state, metrics = ServingState(), Metrics()
+    app = create_app(settings, state, metrics)
+    keeper = None
+    if settings.certificates == "cluster":
+        # Imported only in this mode: the API client and `cryptography` cost the file mode nothing.
+        from webhook.cluster import ClusterCertificates
+
+        keeper = ClusterCertificates(settings, state, metrics)
+    elif not tls.has_pair(settings.cert_dir):
         # Imported only here: `cryptography` would hold ~8 MiB of the server's memory for good.
         from webhook import pki
 
@@ -79,9 +110,8 @@ def serve(settings: Settings) -> None:
             ", ".join(pki.DEVELOPMENT_HOSTS),
             settings.cert_dir / tls.CA_CERT,
         )
-    state = ServingState()
     config = uvicorn.Config(
-        create_app(settings, state),
+        app,
         host=settings.host,
         port=settings.port,
         http=HttpProtocol,
@@ -97,11 +127,7 @@ def serve(settings: Settings) -> None:
         # The API server calls us directly: there is no proxy whose headers to trust or to parse.
         proxy_headers=False,
     )
-    config.load()
-    certificate = tls.ReloadingCertificate(cert_file, key_file)
-    config.ssl = certificate.context
-    state.ready = True
-    _Server(config, state, certificate, settings.shutdown_delay).run()
+    _Server(config, state, settings.cert_dir, settings.shutdown_delay, keeper).run()
 
 
 def _allow_all_file_descriptors() -> None:

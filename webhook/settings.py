@@ -1,21 +1,23 @@
 """The one Settings object: built once by the entry point from flags and SIDECAR_WEBHOOK_* variables."""
 
-import re
+from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal, Self
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Kubernetes resource.Quantity syntax (a number, then an optional binary, decimal or exponent suffix).
+from webhook.quantity import parse_quantity
+
+_RESOURCES = ("cpu", "memory")
+
+
 # Checked at startup: a bad quantity would make the API server reject every pod we inject.
-_QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?$")
-
-
 def _quantity(value: str) -> str:
-    if not _QUANTITY.match(value):
-        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 10m, 0.5, 32Mi)")
-    return value
+    quantity = parse_quantity(value.strip())
+    if quantity.value < 0:
+        raise ValueError(f"{value!r} is negative")
+    return quantity.text
 
 
 def _absolute_dirs(value: frozenset[str]) -> frozenset[str]:
@@ -25,7 +27,24 @@ def _absolute_dirs(value: frozenset[str]) -> frozenset[str]:
     return frozenset(d.rstrip("/") or "/" for d in value)
 
 
+def _seconds(value: object) -> object:
+    """A number of seconds given as text (a flag, a variable) is a duration too, not only P1D."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("must be longer than 0 seconds")
+    return value
+
+
 Quantity = Annotated[str, AfterValidator(_quantity)]
+Duration = Annotated[timedelta, BeforeValidator(_seconds), AfterValidator(_positive)]
 Directories = Annotated[frozenset[str], AfterValidator(_absolute_dirs)]
 
 
@@ -44,6 +63,28 @@ class Settings(BaseSettings):
     # Off by default: a recording holds the whole pod, env values included.
     record_dir: Path | None = None
 
+    # Where the serving certificate comes from. "files": tls.crt and tls.key in cert_dir, made by
+    # someone else (`certs create`, cert-manager) and reloaded when they change. "cluster": the server
+    # keeps a CA and the certificate in a Secret, writes the caBundle of the webhook configuration and
+    # rotates both (webhook/cluster_certs.py); cert_dir is then where it puts the certificate it serves.
+    certificates: Literal["files", "cluster"] = "files"
+    secret_namespace: str = Field("sidecar-webhook", min_length=1)
+    secret_name: str = Field("sidecar-webhook-certs", min_length=1)
+    webhook_configuration: str = Field("sidecar-webhook", min_length=1)
+    # The serving certificate covers the Service's DNS names, then these (IP addresses as IP SANs).
+    service_name: str = Field("sidecar-webhook", min_length=1)
+    service_namespace: str = Field("sidecar-webhook", min_length=1)
+    extra_hosts: tuple[str, ...] = ()
+    # Durations: seconds, or ISO 8601 (P730D). A CA of two years renewed in its last third leaves
+    # eight months to notice a rotation that cannot finish; a serving certificate of 90 days renewed
+    # 30 days before expiry rotates often enough that rotating is known to work (as cert-manager does).
+    ca_validity: Duration = timedelta(days=730)
+    ca_renew_before: Duration = timedelta(days=243)
+    serving_validity: Duration = timedelta(days=90)
+    serving_renew_before: Duration = timedelta(days=30)
+    # How often the Secret and the caBundle are checked: the longest a drifted caBundle stays broken.
+    check_interval: Duration = timedelta(seconds=30)
+
     sidecar_image: str = Field("busybox:1.37", min_length=1)
     # Small but real: tail needs almost nothing, and a namespace with a ResourceQuota
     # rejects containers without requests and limits.
@@ -51,6 +92,10 @@ class Settings(BaseSettings):
     sidecar_memory_request: Quantity = "8Mi"
     sidecar_cpu_limit: Quantity = "50m"
     sidecar_memory_limit: Quantity = "32Mi"
+    # The most a pod may ask for its sidecar through the sidecar.example/*-request and *-limit
+    # annotations: a tail needs far less, so this is a ceiling against typos ("1" for "1m"), not a budget.
+    sidecar_cpu_max: Quantity = "1"
+    sidecar_memory_max: Quantity = "512Mi"
 
     # A log directory here would get an emptyDir mounted over it, hiding what the image ships there.
     protected_dirs: Directories = frozenset(
@@ -58,3 +103,30 @@ class Settings(BaseSettings):
     )
     # Kernel filesystems: the runtime refuses (or breaks the container with) any mount below them.
     protected_trees: Directories = frozenset({"/dev", "/proc", "/sys"})
+
+    @model_validator(mode="after")
+    def _requests_within_limits_within_maxima(self) -> Self:
+        for resource in _RESOURCES:
+            request, limit, maximum = (
+                getattr(self, f"sidecar_{resource}_{kind}") for kind in ("request", "limit", "max")
+            )
+            values = [parse_quantity(q).value for q in (request, limit, maximum)]
+            if values[1] == 0:
+                raise ValueError(f"sidecar_{resource}_limit is 0, which Kubernetes reads as no limit")
+            if not values[0] <= values[1] <= values[2]:
+                raise ValueError(
+                    f"sidecar_{resource}_request {request}, _limit {limit} and _max {maximum} "
+                    "must be in that order, each at most the next"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _renewal_inside_validity(self) -> Self:
+        for what in ("ca", "serving"):
+            if getattr(self, f"{what}_renew_before") >= getattr(self, f"{what}_validity"):
+                raise ValueError(f"{what}_renew_before must be shorter than {what}_validity")
+        # A serving certificate never outlives its CA, so it must fit in the CA's renewal window,
+        # which is when the next CA takes over.
+        if self.serving_validity > self.ca_renew_before:
+            raise ValueError("serving_validity must not be longer than ca_renew_before")
+        return self

@@ -1,0 +1,61 @@
+"""The end-to-end suite's fixtures: a cluster asked for with --e2e, the webhook installed once, a namespace
+per test, and the timings it measured, printed at the end (measured, never asserted)."""
+
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.cluster import install, kubectl
+
+TIMINGS: dict[str, float] = {}
+HOW_TO_RUN = (
+    "end-to-end tests run only when asked: `pytest tests/e2e --e2e` against the cluster in KUBECONFIG "
+    "(minikube, kind, ...; see tests/e2e/README.md); .ci/run runs them on ../shared/kube's one-node cluster"
+)
+
+
+@pytest.fixture(scope="session")
+def cluster(request: pytest.FixtureRequest) -> None:
+    if not request.config.getoption("--e2e"):
+        pytest.skip(HOW_TO_RUN)
+    if shutil.which("kubectl") is None:
+        pytest.fail(
+            "--e2e needs kubectl on PATH "
+            "(the kit's: export PATH=$(bash ../shared/kube/assets.sh | tail -1):$PATH)"
+        )
+    kubectl("get", "--raw", "/readyz", timeout=20)
+
+
+@pytest.fixture(scope="session")
+def installed(cluster: None) -> Iterator[float]:
+    """Build and load the image, install deploy/ and wait for the rollout, as deploy/README.md says. Yields
+    the moment `apply` began (the seed test measures from there to a streaming sidecar). Uninstalls at the
+    end whatever happened (the last test checks that uninstalling leaves nothing behind)."""
+    started = time.monotonic()
+    install("image")
+    TIMINGS["image built and loaded, s"] = time.monotonic() - started
+    applied = time.monotonic()
+    try:
+        install("apply")
+        TIMINGS["install applied and rolled out, s"] = time.monotonic() - applied
+        yield applied
+    finally:
+        install("down")
+
+
+@pytest.fixture
+def namespace(installed: float, request: pytest.FixtureRequest) -> Iterator[str]:
+    name = f"e2e-{request.node.name[5:30].rstrip('_').replace('_', '-')}-{uuid.uuid4().hex[:5]}"
+    kubectl("create", "namespace", name)
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if TIMINGS:
+        terminalreporter.section("measured on the cluster (not asserted)")
+        for what, seconds in TIMINGS.items():
+            terminalreporter.write_line(f"{what:<72} {seconds:8.1f}")
