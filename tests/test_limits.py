@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 
 from tests.kube import load_review
 from tests.server import RunningServer
@@ -171,7 +172,7 @@ def test_large_bodies_are_read_a_few_at_a_time_and_small_ones_never_wait(
     small = json.dumps(load_review("seed-pod")).encode()
     turns = app.LARGE_BODIES_AT_ONCE
 
-    async def call(endpoints: app.Endpoints, declared: int, body: bytes | None) -> tuple[int, bytes]:
+    async def call(endpoints: FastAPI, declared: int, body: bytes | None) -> tuple[int, bytes]:
         async def receive() -> dict[str, object]:
             if body is None:
                 await asyncio.Event().wait()  # a client that stalls in its body
@@ -183,7 +184,13 @@ def test_large_bodies_are_read_a_few_at_a_time_and_small_ones_never_wait(
             sent.append(message)
 
         headers = [(b"content-type", b"application/json"), (b"content-length", str(declared).encode())]
-        scope = {"type": "http", "method": "POST", "path": "/mutate", "headers": headers}
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/mutate",
+            "query_string": b"",  # ASGI requires it; FastAPI reads it
+            "headers": headers,
+        }
         await endpoints(scope, receive, send)  # type: ignore[arg-type]
         return sent[0]["status"], sent[1]["body"]
 

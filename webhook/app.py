@@ -1,28 +1,31 @@
-"""The HTTPS service: a thin shell that reads the call, runs the core, and answers.
+"""The HTTPS service: FastAPI routes that read the call, run the core, and answer.
 
-POST /mutate, GET /healthz and GET /readyz are served by `Endpoints`, a plain ASGI app that
-wraps FastAPI rather than sitting inside it: the API server waits on every review, and FastAPI's
-per-request work (its middleware stack, routing, request and response objects) cost more than the
-review itself in the profile (README, "Performance"). /healthz shares that shell, so the
-benchmark's ratio of /mutate to /healthz measures what injection costs and nothing else. FastAPI
-serves the rest: /metrics, and the 404s.
+The hot path stays lean inside FastAPI: /mutate reads its body itself, from the request (no body
+model, so FastAPI neither parses nor validates it), and answers with a raw `Response` of the bytes
+`webhook/admission.py` encoded with orjson (no response model to validate). The models of the
+AdmissionReview are in the app's OpenAPI schema for readers (`sidecar-webhook openapi`), not on
+the request's way.
 """
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import ClassVar
+from typing import Any
 
 import orjson
-from fastapi import FastAPI, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from fastapi import FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
 
-from webhook import admission, logs, recordings
+from webhook import __version__, admission, logs, recordings
 from webhook.admission import Reply, refuse
+from webhook.envelope import AdmissionReview, AdmissionReviewResponse, Refusal
 from webhook.metrics import Metrics
 from webhook.settings import Settings
 
@@ -40,138 +43,226 @@ BODY_TIMEOUT_SECONDS = 10.0
 # many are read at once); 16 pods of 1 MiB at once peak at 77 MiB instead of 81 (README, "Performance").
 LARGE_BODY_BYTES = 64 * 1024
 LARGE_BODIES_AT_ONCE = 4
+# A large body waits for its turn until this share of its time is left, not to the end: a turn
+# given with a few milliseconds left can only end in a 408, and would be taken from a body that
+# still has time. (Calls that come in together reach the wait a dispatch apart, about 0.1 ms each,
+# so without this a turn freed at one call's deadline went to one behind it with just that left.)
+LAST_TURN_SHARE = 0.02
 
 _log = logging.getLogger("sidecar_webhook.review")
 _lines = logs.Lines(_log.name)
+_JSON = "application/json"
 _HEALTHY = orjson.dumps({"status": "ok"})
-_CLOSE = ((b"connection", b"close"),)
+_REFUSALS = {
+    400: "not an AdmissionReview (not JSON, no request or uid, an object that is not Pod-shaped)",
+    408: f"the body did not arrive within {BODY_TIMEOUT_SECONDS:g} s of the headers",
+    413: f"the body is larger than {MAX_BODY_BYTES} bytes",
+    415: "the content type is not application/json",
+    503: f"no turn to read a body over {LARGE_BODY_BYTES} bytes came in time to read it",
+}
 
 
 @dataclass
 class ServingState:
-    """What /readyz reports: ready once certificates are loaded, not ready again once draining."""
+    """What /readyz reports: ready once certificates are loaded, not ready again once draining.
+    The route asks `status()` on every call, so whatever else readiness comes to depend on is
+    decided here, not in the route."""
 
     ready: bool = False
     draining: bool = False
 
+    def status(self) -> str:
+        """One word: ready, or why not (starting, draining)."""
+        return "draining" if self.draining else "ready" if self.ready else "starting"
 
-def create_app(settings: Settings, state: ServingState | None = None) -> "Endpoints":
-    state = state if state is not None else ServingState(ready=True)
-    metrics = Metrics()
-    app = FastAPI(title="sidecar-webhook", docs_url=None, redoc_url=None, openapi_url=None)
 
-    @app.get("/metrics")
+@dataclass(frozen=True, slots=True)
+class ReviewBody:
+    """The body of a call to /mutate, and when reading it began (the review's latency runs from there)."""
+
+    data: bytes
+    started: float
+
+
+class Refused(Exception):
+    """A call to /mutate answered with an HTTP 4xx instead of a review; FastAPI's exception handler
+    for it logs, counts and sends `reply`."""
+
+    def __init__(self, reply: Reply, started: float, body_unread: bool = False) -> None:
+        super().__init__(reply.error)
+        self.reply, self.started, self.body_unread = reply, started, body_unread
+
+
+def create_app(
+    settings: Settings, state: ServingState | None = None, metrics: Metrics | None = None
+) -> FastAPI:
+    """The service; `state` and `metrics` are shared with the server, which sets readiness and
+    counts certificate work in the same registry as the reviews."""
+    serving = state if state is not None else ServingState(ready=True)
+    metrics = metrics if metrics is not None else Metrics()
+    large_bodies = asyncio.Semaphore(LARGE_BODIES_AT_ONCE)
+    # No HTTP docs: the schema is printed by `sidecar-webhook openapi`, and the port faces only
+    # the API server.
+    app = FastAPI(
+        title="sidecar-webhook",
+        version=__version__,
+        summary="A mutating admission webhook that gives a pod a log-streaming sidecar from one annotation.",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        # The service counts and logs its own reviews (webhook/metrics.py, one log line each);
+        # FastAPI's OpenTelemetry hooks would look up providers on every call for nothing.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
+    )
+
+    # Two error channels, chosen on purpose. A broken call (not JSON, no request or uid, a content
+    # type other than JSON, a body over MAX_BODY_BYTES, too slow) raises Refused: HTTP 4xx with a
+    # JSON body saying what is wrong. A pod the webhook refuses (a bad annotation) gets HTTP 200 and
+    # an AdmissionReview with allowed: false and a message for the person who wrote the pod.
+    @app.post(
+        "/mutate",
+        summary="Review a pod: the AdmissionReview back, in the version it came in, with a JSONPatch",
+        response_class=Response,
+        responses={
+            200: _documented(AdmissionReviewResponse, "the review, answered"),
+            **{code: _documented(Refusal, why) for code, why in _REFUSALS.items()},
+        },
+        openapi_extra={"requestBody": {"required": True, **_documented(AdmissionReview)}},
+    )
+    async def mutate(request: Request) -> Response:
+        body = await _read_body(request, large_bodies)
+        reply = admission.review(body.data, settings)
+        if reply.status_code != 200:
+            raise Refused(reply, body.started)
+        _record(reply, time.perf_counter() - body.started, metrics)
+        # Recorded after the answer is sent and off the event loop: the API server never waits
+        # for the disk.
+        recording = None
+        if settings.record_dir is not None and reply.request is not None:
+            recording = BackgroundTask(
+                recordings.write, settings.record_dir, reply.request, body.data, reply.body, datetime.now(UTC)
+            )
+        return Response(reply.body, media_type=_JSON, background=recording)
+
+    @app.exception_handler(Refused)
+    async def refused(request: Request, refusal: Refused) -> Response:
+        reply = refusal.reply
+        _record(reply, time.perf_counter() - refusal.started, metrics)
+        # Refused before its body was read whole: what is left of it can't be told from a next
+        # request, so the connection closes rather than wait for it.
+        headers = {"connection": "close"} if refusal.body_unread else None
+        return Response(reply.body, reply.status_code, headers, media_type=_JSON)
+
+    @app.exception_handler(HTTPException)
+    async def not_routed(request: Request, error: HTTPException) -> Response:
+        # A known path called with the wrong method says which one it takes, like every 4xx of
+        # /mutate, in {"error": ...}; anything else (404) is FastAPI's own answer.
+        if error.status_code == 405 and error.headers is not None:
+            allowed = error.headers["Allow"]
+            body = orjson.dumps({"error": f"{request.url.path} takes {allowed} only"})
+            return Response(body, 405, {"allow": allowed}, media_type=_JSON)
+        return await http_exception_handler(request, error)
+
+    @app.get("/healthz", summary="200 while the process runs")
+    async def healthz() -> Response:
+        return Response(_HEALTHY, media_type=_JSON)
+
+    @app.get(
+        "/readyz",
+        summary="200 once the certificate is loaded, 503 from the start of shutdown",
+        responses={503: {"description": "starting, or draining before shutdown"}},
+    )
+    async def readyz() -> Response:
+        status = serving.status()
+        return Response(orjson.dumps({"status": status}), 200 if status == "ready" else 503, media_type=_JSON)
+
+    @app.get("/metrics", summary="Prometheus metrics")
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    return Endpoints(app, settings=settings, state=state, metrics=metrics)
-
-
-class Endpoints:
-    """POST /mutate, GET /healthz and GET /readyz; every other call goes on to FastAPI."""
-
-    _METHODS: ClassVar[dict[str, str]] = {"/mutate": "POST", "/healthz": "GET", "/readyz": "GET"}
-
-    def __init__(self, app: ASGIApp, settings: Settings, state: ServingState, metrics: Metrics) -> None:
-        self.app, self.settings, self.state, self.metrics = app, settings, state, metrics
-        self.large_bodies = asyncio.Semaphore(LARGE_BODIES_AT_ONCE)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        method = self._METHODS.get(scope["path"]) if scope["type"] == "http" else None
-        if method is None:
-            await self.app(scope, receive, send)
-        elif scope["method"] != method:
-            body = orjson.dumps({"error": f"{scope['path']} takes {method} only"})
-            await _answer(send, 405, body, [(b"allow", method.encode())])
-        elif scope["path"] == "/mutate":
-            await self._mutate(scope, receive, send)
-        elif scope["path"] == "/healthz":
-            await _answer(send, 200, _HEALTHY)
-        elif self.state.draining or not self.state.ready:
-            await _answer(
-                send, 503, orjson.dumps({"status": "draining" if self.state.draining else "starting"})
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            _, models = models_json_schema(
+                [(model, "validation") for model in _DOCUMENTED], ref_template=_COMPONENT
             )
-        else:
-            await _answer(send, 200, orjson.dumps({"status": "ready"}))
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(models["$defs"])
+            app.openapi_schema = schema
+        return app.openapi_schema
 
-    # Two error channels, chosen on purpose. A broken call (not JSON, no request or uid, a content
-    # type other than JSON, a body over MAX_BODY_BYTES) gets an HTTP 4xx with a JSON body saying
-    # what is wrong. A pod the webhook refuses (a bad annotation) gets HTTP 200 and an
-    # AdmissionReview with allowed: false and a message for the person who wrote the pod.
-    async def _mutate(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
-        body = await _read_body(scope, receive, self.large_bodies)
-        reply = body if isinstance(body, Reply) else admission.review(body, self.settings)
-        elapsed = time.perf_counter() - started
-        _record(reply, elapsed, self.metrics)
-        # Refused before its body was read whole: what is left of it can't be told from a next request,
-        # so the connection closes rather than wait for it.
-        await _answer(send, reply.status_code, reply.body, _CLOSE if isinstance(body, Reply) else ())
-        # Only reviews answered with an AdmissionReview are recorded: after the answer is sent and
-        # off the event loop, so the API server never waits for the disk.
-        if self.settings.record_dir is not None and reply.status_code == 200 and reply.request is not None:
-            assert isinstance(body, bytes)
-            await asyncio.to_thread(
-                recordings.write, self.settings.record_dir, reply.request, body, reply.body, datetime.now(UTC)
-            )
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
 
 
-async def _read_body(scope: Scope, receive: Receive, large_bodies: asyncio.Semaphore) -> bytes | Reply:
-    """The body, or the refusal: content type first, then the size cap, even for chunked bodies."""
-    headers = dict(scope["headers"])
-    media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower().decode("latin-1")
-    if media_type != "application/json":
-        return refuse(415, "the content type must be application/json", [f"got {media_type or 'none'!r}"])
-    declared = headers.get(b"content-length", b"")
+# /mutate's models are named in its OpenAPI entry by reference and their schemas added to the
+# components when the schema is asked for, not given to FastAPI as `model`s: FastAPI would build a
+# validator for each at start (1.4 MiB resident for good) that the raw body and answers never use.
+_DOCUMENTED: list[type[BaseModel]] = [AdmissionReview, AdmissionReviewResponse, Refusal]
+_COMPONENT = "#/components/schemas/{model}"
+
+
+def _documented(model: type[BaseModel], description: str = "") -> dict[str, Any]:
+    """An OpenAPI request body or response: JSON of `model`, by reference."""
+    content = {"content": {_JSON: {"schema": {"$ref": _COMPONENT.format(model=model.__name__)}}}}
+    return content | ({"description": description} if description else {})
+
+
+async def _read_body(request: Request, large_bodies: asyncio.Semaphore) -> ReviewBody:
+    """The body, or Refused: content type first, then the size cap, even for chunked bodies."""
+    started = time.perf_counter()
+    headers = request.headers
+    media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != _JSON:
+        reply = refuse(415, "the content type must be application/json", [f"got {media_type or 'none'!r}"])
+        raise Refused(reply, started, body_unread=True)
+    declared = headers.get("content-length", "")
     length = int(declared) if declared.isdigit() else None  # None: chunked, of unknown length
     if length is not None and length > MAX_BODY_BYTES:
-        return _too_large()
+        raise Refused(_too_large(), started, body_unread=True)
+    deadline = asyncio.get_running_loop().time() + BODY_TIMEOUT_SECONDS
     # A body of unknown length counts as large. The turn ends once the body is read: the review
     # that follows runs without an await, so no other body is read while this one is held.
     large = length is None or length > LARGE_BODY_BYTES
-    turn = large_bodies if large else contextlib.nullcontext()
-    chunks, size, waiting = [], 0, True
-    try:
-        async with asyncio.timeout(BODY_TIMEOUT_SECONDS), turn:
-            waiting = False
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return refuse(400, "the client went away before sending the whole body")
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > MAX_BODY_BYTES:
-                    return _too_large()
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    return b"".join(chunks)
-    except TimeoutError:
-        if waiting:
-            return refuse(
+    if large:
+        try:
+            async with asyncio.timeout_at(deadline - BODY_TIMEOUT_SECONDS * LAST_TURN_SHARE):
+                await large_bodies.acquire()
+        except TimeoutError:
+            reply = refuse(
                 503,
-                f"{LARGE_BODIES_AT_ONCE} other large reviews were being read for all of "
-                f"{BODY_TIMEOUT_SECONDS:g} s; this one was not read",
+                f"{LARGE_BODIES_AT_ONCE} other large reviews were being read until too late to read "
+                f"this one within {BODY_TIMEOUT_SECONDS:g} s",
             )
-        return refuse(408, f"the body did not arrive within {BODY_TIMEOUT_SECONDS:g} s")
+            raise Refused(reply, started, body_unread=True) from None
+    try:
+        async with asyncio.timeout_at(deadline):
+            return ReviewBody(await _receive_whole(request, started), started)
+    except TimeoutError:
+        reply = refuse(408, f"the body did not arrive within {BODY_TIMEOUT_SECONDS:g} s")
+        raise Refused(reply, started, body_unread=True) from None
+    finally:
+        if large:
+            large_bodies.release()
+
+
+async def _receive_whole(request: Request, started: float) -> bytes:
+    chunks, size, receive = [], 0, request.receive
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            reply = refuse(400, "the client went away before sending the whole body")
+            raise Refused(reply, started, body_unread=True)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise Refused(_too_large(), started, body_unread=True)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def _too_large() -> Reply:
     return refuse(413, f"the body is larger than {MAX_BODY_BYTES} bytes, more than any AdmissionReview")
-
-
-async def _answer(send: Send, status: int, body: bytes, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 def _record(reply: Reply, elapsed: float, metrics: Metrics) -> None:

@@ -108,6 +108,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     inject.set_defaults(run=_inject)
 
+    openapi = commands.add_parser(
+        "openapi", help="print the OpenAPI schema of the HTTPS service, AdmissionReview models included"
+    )
+    openapi.set_defaults(run=_openapi)
+
     certs = commands.add_parser("certs", help="create, check and ship the TLS material for a cluster install")
     certs_commands = certs.add_subparsers(required=True, metavar="ACTION")
     create = certs_commands.add_parser(
@@ -163,6 +168,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from webhook.server import serve
 
     serve(settings)
+    return 0
+
+
+def _openapi(args: argparse.Namespace, settings: Settings) -> int:
+    from webhook.app import create_app
+
+    print(json.dumps(create_app(settings).openapi(), indent=2))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""The AdmissionReview envelope, typed; the object inside is read through the Pod view.
+"""The AdmissionReview envelope, typed: the review as it comes (its object read through the Pod view),
+the review as it goes back, and the body of a refused call.
 
 Validating the JSON straight into the view skips every field the engine doesn't read (a pod's env
 values, managedFields, ...) without building Python objects for them: for a 1 MiB pod that is a
@@ -46,6 +47,42 @@ class AdmissionReview(_Envelope):
     api_version: Literal["admission.k8s.io/v1", "admission.k8s.io/v1beta1"] = Field(alias="apiVersion")
     kind: Literal["AdmissionReview"]
     request: AdmissionRequest
+
+
+class _Answer(_Envelope):
+    # What we send: every field is ours, so one we don't know is a mistake in the model or the encoder.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ResponseStatus(_Answer):
+    code: int = Field(description="400 for a denied pod, 500 for an internal error")
+    reason: Literal["BadRequest", "InternalError"]
+    message: str = Field(description="what is wrong, naming the annotation, its value and what is expected")
+
+
+class AdmissionResponse(_Answer):
+    uid: str = Field(description="the request's uid")
+    allowed: bool
+    patch_type: Literal["JSONPatch"] | None = Field(None, alias="patchType")
+    patch: str | None = Field(None, description="base64 of a JSONPatch of add operations only")
+    status: ResponseStatus | None = Field(None, description="only when not allowed")
+    warnings: list[str] | None = None
+
+
+class AdmissionReviewResponse(_Answer):
+    """What /mutate answers, with HTTP 200: the review in the version it came in, with a response.
+    Encoded by webhook/admission.py without this model (tests check that it fits)."""
+
+    api_version: Literal["admission.k8s.io/v1", "admission.k8s.io/v1beta1"] = Field(alias="apiVersion")
+    kind: Literal["AdmissionReview"]
+    response: AdmissionResponse
+
+
+class Refusal(_Answer):
+    """The body of a broken call's HTTP 4xx."""
+
+    error: str
+    details: list[str] = Field(description="one line per problem, `where: what`")
 
 
 def error_details(error: ValidationError, limit: int = 10) -> list[str]:

@@ -13,6 +13,7 @@ import uvicorn
 
 from webhook import logs, tls
 from webhook.app import ServingState, create_app
+from webhook.metrics import Metrics
 from webhook.protocol import HttpProtocol
 from webhook.settings import Settings
 
@@ -90,14 +91,14 @@ def serve(settings: Settings) -> None:
     logs.configure(settings.log_level)
     _allow_all_file_descriptors()
     cert_file, key_file = settings.cert_dir / tls.TLS_CERT, settings.cert_dir / tls.TLS_KEY
-    state = ServingState()
-    app = create_app(settings, state)
+    state, metrics = ServingState(), Metrics()
+    app = create_app(settings, state, metrics)
     keeper = None
     if settings.certificates == "cluster":
         # Imported only in this mode: the API client and `cryptography` cost the file mode nothing.
         from webhook.cluster import ClusterCertificates
 
-        keeper = ClusterCertificates(settings, state, app.metrics)
+        keeper = ClusterCertificates(settings, state, metrics)
     elif not tls.has_pair(settings.cert_dir):
         # Imported only here: `cryptography` would hold ~8 MiB of the server's memory for good.
         from webhook import pki
