@@ -162,6 +162,7 @@ def _started(binaries: Path, state: Path, token: str, attempt: int) -> Iterator[
     logs.mkdir(exist_ok=True)
     with ExitStack() as processes:
         # Stopped in reverse: kube-apiserver first and alone, then etcd (both at once can hang the first).
+        # No --unsafe-no-fsync: etcd 3.4 (Debian's, which the kube kit links) does not know it.
         etcd = _start(
             logs / "etcd.log",
             *(str(binaries / "etcd"), "--name", "default", "--data-dir", str(state / f"etcd-{attempt}")),
@@ -250,7 +251,7 @@ def _create_default_service_account(api: ControlPlane) -> None:
         response = client.post(
             "/api/v1/namespaces/default/serviceaccounts", json={"metadata": {"name": "default"}}
         )
-        if response.status_code == 404:  # namespace default is made just after /readyz says ready
+        if response.status_code == 404:  # until the API server has made namespace default
             return False
         if response.status_code not in (201, 409):
             raise RuntimeError(
