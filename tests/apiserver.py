@@ -230,8 +230,9 @@ def _wait_until_ready(api: ControlPlane, processes: dict[str, tuple[subprocess.P
                 error = PortTaken if "address already in use" in text else RuntimeError
                 raise error(f"{name} exited with {process.returncode}; the end of its log:\n{text[-3000:]}")
         try:
+            # Briefly: until kube-apiserver binds it, whoever holds the port may accept and never answer.
             with api.client() as client:
-                return client.get("/readyz").status_code == 200
+                return client.get("/readyz", timeout=2).status_code == 200
         except httpx.TransportError:
             return False
 
