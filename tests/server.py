@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,9 +40,17 @@ class RunningServer:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    (port,) = free_ports(1)
+    return port
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports (all held open while choosing, so none repeats)."""
+    with ExitStack() as sockets:
+        bound = [sockets.enter_context(socket.socket()) for _ in range(count)]
+        for s in bound:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in bound]
 
 
 def start_server(
@@ -73,13 +81,18 @@ def start_server(
 
 
 def stop_server(server: RunningServer) -> None:
-    if server.process.poll() is None:
-        server.process.send_signal(signal.SIGTERM)
+    stop_process(server.process)
+
+
+def stop_process(process: subprocess.Popen[bytes], seconds: float = 30) -> None:
+    """SIGTERM, and SIGKILL if it still runs after `seconds`; only this process, by its handle."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
         try:
-            server.process.wait(timeout=30)
+            process.wait(timeout=seconds)
         except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
+            process.kill()
+            process.wait()
 
 
 @contextmanager
