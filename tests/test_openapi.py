@@ -7,10 +7,12 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI, Response
 
 from tests.kube import load_review
 from tests.test_cli import sidecar_webhook
 from webhook.admission import encode, review
+from webhook.app import PlainRoute
 from webhook.decision import Decision
 from webhook.envelope import AdmissionReviewResponse, Refusal
 from webhook.settings import Settings
@@ -100,3 +102,13 @@ def test_a_broken_call_is_answered_with_the_refusal_model(settings: Settings, bo
 def test_the_server_does_not_serve_docs_or_the_schema(client: httpx.Client) -> None:
     for path in ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"):
         assert client.get(path).status_code == 404, path
+
+
+def test_a_plain_route_refuses_an_endpoint_that_declares_more_than_the_request() -> None:
+    app = FastAPI()
+    app.router.route_class = PlainRoute
+    with pytest.raises(TypeError, match="takes only the Request"):
+
+        @app.get("/x")
+        async def with_a_query(limit: int) -> Response:
+            return Response(str(limit))
