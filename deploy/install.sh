@@ -119,8 +119,24 @@ apply_deploy() {
   kubectl apply -k "$overlay"
 }
 
+# An install of the file mode (`certs manifests | kubectl apply`) left a caBundle in kubectl's record of
+# what it last applied. Applying deploy/, which has none, would make kubectl remove it, and the API server
+# would refuse the old replicas' certificates until the new ones rewrote it: annotated pods refused in the
+# middle of the upgrade. Rewriting the record alone (not the object) keeps the caBundle, which the new
+# replicas then extend with their own CA.
+keep_ca_bundle() {
+  local last
+  last=$(kubectl get mutatingwebhookconfiguration sidecar-webhook --ignore-not-found \
+    -o jsonpath='{.metadata.annotations.kubectl\.kubernetes\.io/last-applied-configuration}')
+  if [[ "$last" == *caBundle* ]]; then
+    step "keep the caBundle of the file mode's install while deploy/ is applied"
+    kubectl apply set-last-applied -f deploy/base/mutatingwebhookconfiguration.yaml
+  fi
+}
+
 apply() {
   # The whole install: the replicas make their CA and certificate and write the caBundle themselves.
+  keep_ca_bundle
   step "apply deploy/ with image $IMAGE"
   apply_deploy
   kubectl -n "$NAMESPACE" rollout status deploy/sidecar-webhook --timeout=180s

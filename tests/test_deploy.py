@@ -755,6 +755,7 @@ FAKE_TOOL = """#!/usr/bin/env bash
 printf '%s %s\\n' "$(basename "$0")" "$*" >> "$FAKE_CALLS"
 case "$(basename "$0") $*" in
   "kubectl "*"config current-context") echo "$FAKE_CONTEXT" ;;
+  "kubectl "*"get mutatingwebhookconfiguration sidecar-webhook "*) printf '%s' "${FAKE_LAST_APPLIED:-}" ;;
   "kubectl "*"get --raw /version") printf '{\\n  "major": "1",\\n  "minor": "%s"\\n}\\n' "$FAKE_MINOR" ;;
   "kubectl "*"apply -k .install-image."*) sed "s/^/overlay: /" "${@: -1}"/kustomization.yaml >>"$FAKE_CALLS";;
 esac
@@ -810,6 +811,26 @@ def test_up_on_minikube_builds_installs_sets_the_ca_bundle_then_shows_the_sideca
     assert [call for call in calls if "apply" in call and "-n default" not in call] == [
         "kubectl apply -k deploy/"
     ]
+
+
+def test_upgrading_an_install_of_the_file_mode_keeps_its_ca_bundle_through_the_apply(tmp_path: Path) -> None:
+    # What `certs manifests | kubectl apply -f -` left: kubectl's record of a configuration with a caBundle.
+    last_applied = '{"kind":"MutatingWebhookConfiguration","webhooks":[{"clientConfig":{"caBundle":"LS0t"}}]}'
+    returncode, stderr, calls = run_script(tmp_path, "apply", FAKE_LAST_APPLIED=last_applied)
+    assert returncode == 0, stderr
+    assert_in_order(
+        calls,
+        [
+            "kubectl apply set-last-applied -f deploy/base/mutatingwebhookconfiguration.yaml",
+            "kubectl apply -k deploy/",
+        ],
+    )
+
+
+def test_a_fresh_install_rewrites_no_record(tmp_path: Path) -> None:
+    returncode, stderr, calls = run_script(tmp_path, "apply")
+    assert returncode == 0, stderr
+    assert not [call for call in calls if "set-last-applied" in call]
 
 
 def test_every_kubectl_call_goes_to_the_context_named_by_kube_context(tmp_path: Path) -> None:

@@ -5,12 +5,17 @@ blocks a pod it has no business with, survives its own rolling restart, and unin
 The tests run in file order: the last one uninstalls."""
 
 import re
+import subprocess
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.e2e.cluster import (
+    INSTALL,
     NAMESPACE,
     ROOT,
     KubectlError,
@@ -291,32 +296,71 @@ def restart_finished() -> bool:
     )
 
 
-def test_a_rolling_restart_of_the_webhook_fails_no_pod_creation(namespace: str) -> None:
-    # Pods that are created but never scheduled: the test is admission, not the node's capacity.
-    nowhere = {"nodeSelector": {"e2e.sidecar.example/nowhere": "true"}}
-    manifest = pod("unused", STOPS_ON_SIGTERM, spec=nowhere)
+def create_pods_until(finished: Callable[[], bool], namespace: str, prefix: str) -> tuple[int, list[str]]:
+    """Create annotated pods one after another until `finished()` (checked before each creation, so the
+    last one comes after it); return how many were created and every refusal. The pods are never
+    scheduled: what is tested is admission, not the node's capacity."""
+    manifest = pod("unused", STOPS_ON_SIGTERM, spec={"nodeSelector": {"e2e.sidecar.example/nowhere": "true"}})
     del manifest["metadata"]["name"]
-    manifest["metadata"]["generateName"] = "during-restart-"
-    kubectl("-n", NAMESPACE, "rollout", "restart", "deploy/sidecar-webhook")
+    manifest["metadata"]["generateName"] = prefix
     created, failures = 0, []
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        finished = restart_finished()  # checked before the creation: the last one is after the restart
+        done = finished()
         try:
             create(manifest, namespace)
             created += 1
         except KubectlError as error:
             failures.append(str(error))
-        if finished:
-            break
-    else:
-        raise AssertionError("the rolling restart did not finish within 300 s")
-    TIMINGS["pods created during the webhook's rolling restart"] = created
-    assert failures == []
-    assert created >= 10, "the loop ran across the restart"
+        if done:
+            return created, failures
+    raise AssertionError(f"not finished within 300 s; {created} pods created, refusals: {failures[:3]}")
+
+
+def assert_all_injected(namespace: str, created: int) -> None:
     pods = get("-n", namespace, "pods")["items"]
     assert len(pods) == created
     assert all([c["name"] for c in p["spec"]["containers"]] == ["app", "log-app"] for p in pods)
+
+
+def test_a_rolling_restart_of_the_webhook_fails_no_pod_creation(namespace: str) -> None:
+    kubectl("-n", NAMESPACE, "rollout", "restart", "deploy/sidecar-webhook")
+    created, failures = create_pods_until(restart_finished, namespace, "during-restart-")
+    TIMINGS["pods created during the webhook's rolling restart"] = created
+    assert failures == []
+    assert created >= 10, "the loop ran across the restart"
+    assert_all_injected(namespace, created)
+
+
+def test_upgrading_an_install_of_the_file_mode_loses_no_call(namespace: str, tmp_path: Path) -> None:
+    """An install made before the webhook kept its own certificates (certificates from `certs create`,
+    the Secret and the caBundle from `certs manifests | kubectl apply`), upgraded by applying deploy/
+    while pods are being created."""
+    install("down")
+    cli, certs = Path(sys.executable).with_name("sidecar-webhook"), tmp_path / "certs"
+    subprocess.run(
+        [cli, "certs", "create", "--service", NAMESPACE, "--namespace", NAMESPACE, "--out", certs], check=True
+    )
+    kubectl("apply", "-k", str(ROOT / "deploy" / "overlays" / "bring-your-own-certs"))
+    shipped = subprocess.run(
+        [cli, "certs", "manifests", "--dir", certs], check=True, capture_output=True, text=True
+    )
+    kubectl("apply", "-f", "-", stdin=shipped.stdout)
+    kubectl("-n", NAMESPACE, "rollout", "status", "deploy/sidecar-webhook", "--timeout=180s", timeout=190)
+
+    with subprocess.Popen(
+        ["bash", str(INSTALL), "apply"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as upgrade:
+        created, failures = create_pods_until(
+            lambda: upgrade.poll() is not None and restart_finished(), namespace, "during-upgrade-"
+        )
+        output = upgrade.communicate()[0]
+    TIMINGS["pods created during the upgrade from the file mode"] = created
+    assert upgrade.returncode == 0, output
+    assert failures == []
+    assert created >= 10, "the loop ran across the upgrade"
+    assert_all_injected(namespace, created)
+    assert get("-n", NAMESPACE, "secret", "sidecar-webhook-certs")["data"], "now in the cluster mode"
 
 
 def test_uninstalling_leaves_nothing_behind(namespace: str) -> None:
