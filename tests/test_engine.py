@@ -366,8 +366,8 @@ def test_json_pointer_segments_are_escaped() -> None:
 def test_a_pod_injected_by_the_previous_version_gets_no_second_sidecar(
     settings: Settings, native: bool
 ) -> None:
-    """Versions up to 0.1 ran `tail -n +1 -F FILE` directly; such pods are in clusters today and are
-    admitted again (reinvocation, or a ReplicaSet's template copied from an injected pod)."""
+    """Before its sidecar trapped SIGTERM the webhook ran `tail -n +1 -F FILE` directly; such pods are
+    in clusters today and are admitted again (reinvocation, a ReplicaSet's template copied from one)."""
     pod = injected(
         make_pod({LOG_PATH: "/var/log/app.log"}, restartPolicy="Never" if native else "Always"), settings
     )

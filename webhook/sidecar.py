@@ -54,7 +54,7 @@ wait "$!"
 """
 # $0 of the script: the name the shell gives itself in its own error messages.
 FOLLOW = ("sh", "-c", FOLLOW_SCRIPT, "log-sidecar")
-# What this webhook's versions up to 0.1 ran. Pods they injected are still in clusters: the engine
+# What this webhook ran before its sidecar trapped SIGTERM. Pods it injected are still in clusters: the engine
 # must recognise their sidecars too, or it would inject a second one when such a pod is re-admitted.
 LEGACY_FOLLOW = ("tail", "-n", "+1", "-F")
 

@@ -8,9 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.cluster import install, kubectl
+from tests.e2e.cluster import MEASURED, install, kubectl
 
-TIMINGS: dict[str, float] = {}
 HOW_TO_RUN = (
     "end-to-end tests run only when asked: `pytest tests/e2e --e2e` against the cluster in KUBECONFIG "
     "(minikube, kind, ...; see tests/e2e/README.md); .ci/run runs them on ../shared/kube's one-node cluster"
@@ -36,11 +35,11 @@ def installed(cluster: None) -> Iterator[float]:
     end whatever happened (the last test checks that uninstalling leaves nothing behind)."""
     started = time.monotonic()
     install("image")
-    TIMINGS["image built and loaded, s"] = time.monotonic() - started
+    MEASURED["image built and loaded, s"] = time.monotonic() - started
     applied = time.monotonic()
     try:
         install("apply")
-        TIMINGS["install applied and rolled out, s"] = time.monotonic() - applied
+        MEASURED["install applied and rolled out, s"] = time.monotonic() - applied
         yield applied
     finally:
         install("down")
@@ -55,7 +54,9 @@ def namespace(installed: float, request: pytest.FixtureRequest) -> Iterator[str]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if TIMINGS:
+    if MEASURED:
         terminalreporter.section("measured on the cluster (not asserted)")
-        for what, seconds in TIMINGS.items():
-            terminalreporter.write_line(f"{what:<72} {seconds:8.1f}")
+        for what, value in MEASURED.items():
+            terminalreporter.write_line(
+                f"{what:<72} {value:8.1f}" if what.endswith(", s") else f"{what:<72} {value:6.0f}"
+            )

@@ -16,6 +16,7 @@ import pytest
 
 from tests.e2e.cluster import (
     INSTALL,
+    MEASURED,
     NAMESPACE,
     ROOT,
     KubectlError,
@@ -29,7 +30,6 @@ from tests.e2e.cluster import (
     wait_for,
     webhook_pods,
 )
-from tests.e2e.conftest import TIMINGS
 
 SEED_POD = ROOT / "tests" / "fixtures" / "manifests" / "01-seed-pod.yaml"
 LOG_PATH = "sidecar.example/log-path"
@@ -67,7 +67,7 @@ def test_the_seed_pod_streams_the_dates_and_new_ones_keep_arriving(namespace: st
     kubectl("-n", namespace, "apply", "-f", str(SEED_POD))
     assert container_names(namespace, "sidecar") == ["main-container", "log-app"]
     first = wait_for(lambda: logs(namespace, "sidecar", "log-app"), "the first line in the sidecar's log")
-    TIMINGS["`install.sh apply` (kubectl apply -k deploy/) to a streaming sidecar, s"] = (
+    MEASURED["`install.sh apply` (kubectl apply -k deploy/) to a streaming sidecar, s"] = (
         time.monotonic() - installed
     )
 
@@ -112,7 +112,7 @@ def test_a_job_completes_seconds_after_its_app_and_its_sidecar_exits_0_with_ever
         "--timeout=120s",
         timeout=130,
     )
-    TIMINGS["a 3-second Job from creation to Complete, s"] = time.monotonic() - created
+    MEASURED["a 3-second Job from creation to Complete, s"] = time.monotonic() - created
 
     (job_pod,) = get("-n", namespace, "pods", "-l", "job-name=three-seconds")["items"]
     name = job_pod["metadata"]["name"]
@@ -140,7 +140,7 @@ def test_deleting_an_injected_pod_whose_app_stops_on_sigterm_takes_seconds_and_e
 
     started = time.monotonic()
     kubectl("-n", namespace, "delete", "pod", "timed", "--wait=true", "--timeout=90s", timeout=100)
-    TIMINGS["kubectl delete pod (an app that stops on SIGTERM), s"] = time.monotonic() - started
+    MEASURED["kubectl delete pod (an app that stops on SIGTERM), s"] = time.monotonic() - started
 
     kubectl("-n", namespace, "delete", "pod", "held", "--wait=false")
     try:
@@ -326,7 +326,7 @@ def assert_all_injected(namespace: str, created: int) -> None:
 def test_a_rolling_restart_of_the_webhook_fails_no_pod_creation(namespace: str) -> None:
     kubectl("-n", NAMESPACE, "rollout", "restart", "deploy/sidecar-webhook")
     created, failures = create_pods_until(restart_finished, namespace, "during-restart-")
-    TIMINGS["pods created during the webhook's rolling restart"] = created
+    MEASURED["pods created during the webhook's rolling restart"] = created
     assert failures == []
     assert created >= 10, "the loop ran across the restart"
     assert_all_injected(namespace, created)
@@ -355,7 +355,7 @@ def test_upgrading_an_install_of_the_file_mode_loses_no_call(namespace: str, tmp
             lambda: upgrade.poll() is not None and restart_finished(), namespace, "during-upgrade-"
         )
         output = upgrade.communicate()[0]
-    TIMINGS["pods created during the upgrade from the file mode"] = created
+    MEASURED["pods created during the upgrade from the file mode"] = created
     assert upgrade.returncode == 0, output
     assert failures == []
     assert created >= 10, "the loop ran across the upgrade"
