@@ -162,6 +162,37 @@ def test_protected_directories_are_configurable(settings: Settings) -> None:
     assert decide_pod(make_pod({LOG_PATH: "/var/app.log"}), relaxed).outcome == "patched"
 
 
+def test_the_same_annotations_are_decided_by_each_servers_settings(settings: Settings) -> None:
+    # Parsed annotations are remembered (pods of one template carry the same ones): what is
+    # remembered for one Settings must not answer for another, in either order.
+    pod = make_pod({LOG_PATH: "/var/app.log"})
+    relaxed = settings.model_copy(update={"protected_dirs": frozenset({"/"})})
+    for _ in range(2):
+        assert decide_pod(pod, settings).outcome == "denied"
+        assert decide_pod(pod, relaxed).outcome == "patched"
+    bigger = settings.model_copy(update={"sidecar_cpu_request": "20m"})
+    for _ in range(2):
+        requests = [
+            injected(make_pod({LOG_PATH: "/l/a.log"}), s)["spec"]["containers"][-1]["resources"]["requests"]
+            for s in (settings, bigger)
+        ]
+        assert [r["cpu"] for r in requests] == [settings.sidecar_cpu_request, "20m"]
+
+
+def test_a_refused_annotation_is_refused_every_time(settings: Settings) -> None:
+    pod = make_pod({LOG_PATH: "relative.log"})
+    assert denial(pod, settings) == denial(pod, settings)
+    assert "is not an absolute path" in denial(pod, settings)
+
+
+def test_long_annotation_values_are_parsed_like_short_ones(settings: Settings) -> None:
+    # Past 1 KiB the values are parsed each time rather than remembered; the answer is the same.
+    long_directory = "/l/" + "d" * 2000
+    pod = injected(make_pod({LOG_PATH: f"{long_directory}/a.log"}), settings)
+    assert pod["spec"]["containers"][0]["volumeMounts"][0]["mountPath"] == long_directory
+    assert "is not an absolute path" in denial(make_pod({LOG_PATH: "x" * 2000}), settings)
+
+
 # --- what gets injected
 
 

@@ -1,5 +1,6 @@
 """Both ways into the log write the same shape of line, and the review lines obey the level."""
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterator
@@ -46,3 +47,21 @@ def test_an_exception_goes_into_its_line(configured: None, capfd: pytest.Capture
         logging.getLogger("sidecar_webhook.test").exception("failed", extra={"fields": {"uid": "c"}})
     (entry,) = (json.loads(line) for line in capfd.readouterr().err.splitlines())
     assert entry["uid"] == "c" and "RuntimeError: boom" in entry["exception"]
+
+
+def test_lines_of_one_loop_turn_go_out_together_when_it_ends(
+    configured: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    logs.configure("info")
+    lines = logs.Lines("sidecar_webhook.test")
+
+    async def one_turn() -> tuple[str, str]:
+        lines.info("first", {"uid": "a"})
+        lines.info("second", {"uid": "b"})
+        during = capfd.readouterr().err
+        await asyncio.sleep(0)  # the turn ends
+        return during, capfd.readouterr().err
+
+    during, after = asyncio.run(one_turn())
+    assert during == ""
+    assert [json.loads(line)["message"] for line in after.splitlines()] == ["first", "second"]

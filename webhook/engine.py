@@ -42,6 +42,12 @@ from webhook.sidecar import (
 # Pods that are meant to finish: a classic sidecar never exits, so such a pod never completes.
 _RUN_TO_COMPLETION = frozenset({"Never", "OnFailure"})
 
+# Where the patch adds things: fixed, so escaped once.
+_VOLUMES = pointer("spec", "volumes")
+_CONTAINERS = pointer("spec", "containers")
+_INIT_CONTAINERS = pointer("spec", "initContainers")
+_MARKER = pointer("metadata", "annotations", INJECTED)
+
 WINDOWS_WARNING = f"{LOG_PATH} ignored: Windows pods get no log sidecar (its busybox image is Linux-only)"
 
 
@@ -142,17 +148,17 @@ def _inject(spec: PodSpec, found: Mapping[str, str], wanted: LogRequest, setting
             )
         )
 
-    ops: list[Operation] = extend(pointer("spec", "volumes"), spec.volumes is not None, new_volumes)
+    ops: list[Operation] = extend(_VOLUMES, spec.volumes is not None, new_volumes)
     for index, mounts in new_mounts.items():
-        path = pointer("spec", "containers", index, "volumeMounts")
+        path = f"{_CONTAINERS}/{index}/volumeMounts"
         ops += extend(path, containers[index].volume_mounts is not None, mounts)
     if native:
-        ops += extend(pointer("spec", "initContainers"), spec.init_containers is not None, new_sidecars, at=0)
+        ops += extend(_INIT_CONTAINERS, spec.init_containers is not None, new_sidecars, at=0)
     else:
-        ops += extend(pointer("spec", "containers"), spec.containers is not None, new_sidecars)
+        ops += extend(_CONTAINERS, spec.containers is not None, new_sidecars)
     marker = ",".join(dict.fromkeys(existing[file] for file in wanted.files))
     if found.get(INJECTED) != marker:
-        ops.append(add(pointer("metadata", "annotations", INJECTED), marker))
+        ops.append(add(_MARKER, marker))
 
     if not ops:
         return Decision.allow("already-injected")
