@@ -82,5 +82,10 @@ class OneWritePerTurn:
         self.flush()
         self._transport.close()
 
+    def is_closing(self) -> bool:
+        # uvicorn asks this on every call: a method of its own, not __getattr__, which Python
+        # reaches only after the usual lookup has failed and raised inside.
+        return self._transport.is_closing()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
