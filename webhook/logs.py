@@ -45,9 +45,10 @@ class Lines:
 
     In the event loop, the lines of one turn go out in one write when the turn ends: under load
     the reviews of several connections run in one turn, and their lines then cost one system call,
-    not one each (a tenth of the seed pod's server CPU went to that write). A review's line is held
-    before its answer is written, so it still goes out first (webhook/protocol.py sends answers at
-    the end of the turn too). Outside a loop, a line is written at once.
+    not one each (that write was 6% of the server's CPU under the seed-pod load, in py-spy). A
+    review's line is held before its answer is written, so it still goes out first
+    (webhook/protocol.py sends answers at the end of the turn too). Outside a loop, a line is
+    written at once.
     """
 
     def __init__(self, name: str) -> None:
