@@ -51,6 +51,17 @@ def slow_headers(server: RunningServer) -> bytes:
         return read_until_closed(connection)
 
 
+def slow_headers_after_a_request(server: RunningServer) -> bytes:
+    """On a kept-alive connection: one request answered, then a second whose headers never end."""
+    with tls_connection(server, HEADER_TIMEOUT_SECONDS + SLACK_SECONDS) as connection:
+        connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        first = b""
+        while b'{"status":"ok"}' not in first:
+            first += connection.recv(65536)
+        connection.sendall(b"POST /mutate HTTP/1.1\r\nHost: loc")
+        return read_until_closed(connection)
+
+
 def slow_body(server: RunningServer) -> bytes:
     with tls_connection(server, BODY_TIMEOUT_SECONDS + SLACK_SECONDS) as connection:
         connection.sendall(
@@ -62,8 +73,11 @@ def slow_body(server: RunningServer) -> bytes:
 
 def test_slow_and_silent_clients_are_cut_off_while_others_are_served(server: RunningServer) -> None:
     started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        silent, headers, body = (pool.submit(f, server) for f in (silent_client, slow_headers, slow_body))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        silent, headers, headers_later, body = (
+            pool.submit(f, server)
+            for f in (silent_client, slow_headers, slow_headers_after_a_request, slow_body)
+        )
         # Meanwhile, ordinary calls are answered at once.
         with server.client() as client:
             for _ in range(20):
@@ -76,6 +90,7 @@ def test_slow_and_silent_clients_are_cut_off_while_others_are_served(server: Run
                 assert review.status_code == 200
         assert silent.result() == b"", "a client that never sends a request is closed without an answer"
         assert headers.result() == b"", "headers that never complete are closed without an answer"
+        assert headers_later.result() == b"", "so are those of a later request on the same connection"
         answer = body.result().decode()
     assert answer.startswith("HTTP/1.1 408"), answer
     assert '"error":"the body did not arrive within' in answer
