@@ -65,3 +65,27 @@ def test_lines_of_one_loop_turn_go_out_together_when_it_ends(
     during, after = asyncio.run(one_turn())
     assert during == ""
     assert [json.loads(line)["message"] for line in after.splitlines()] == ["first", "second"]
+
+
+def test_lines_left_by_a_closed_loop_do_not_stop_the_next_loop_writing(
+    configured: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    logs.configure("info")
+    lines = logs.Lines("sidecar_webhook.test")
+    first = asyncio.new_event_loop()
+
+    def log_and_stop() -> None:
+        lines.info("left", {})
+        first.stop()  # the loop ends with this turn: the write due at its end never runs
+
+    first.call_soon(log_and_stop)
+    first.run_forever()
+    first.close()
+    assert capfd.readouterr().err == ""
+
+    async def next_loop() -> None:
+        lines.info("next", {})
+        await asyncio.sleep(0)
+
+    asyncio.run(next_loop())
+    assert [json.loads(line)["message"] for line in capfd.readouterr().err.splitlines()] == ["left", "next"]

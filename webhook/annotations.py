@@ -227,7 +227,7 @@ def parse(annotations: Mapping[str, str], settings: Settings) -> LogRequest:
 # The pods of one Deployment, Job or StatefulSet are made from one template, so they carry the same
 # annotations: a set of values is parsed once, then remembered (7 of the 50 µs a seed-pod review took
 # in-process). Bounded in entries and in size, so that pods with ever new or huge values can't make it
-# hold much: 256 sets of at most 1 KiB. A bad value raises, which is never remembered.
+# hold much: 256 sets of at most 1,024 characters. A bad value raises, which is never remembered.
 _REMEMBERED = 256
 _REMEMBERED_BYTES = 1024
 

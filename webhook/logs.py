@@ -55,20 +55,26 @@ class Lines:
         self.name = name
         self._logger = logging.getLogger(name)
         self._held: list[bytes] = []
+        self._flush_on: asyncio.AbstractEventLoop | None = None  # the loop whose turn will write them
         atexit.register(self.flush)  # a loop closed before its last turn ended
 
     def info(self, message: str, fields: Mapping[str, object]) -> None:
         if not self._logger.isEnabledFor(logging.INFO):
             return
         self._held.append(line(time.time(), "info", self.name, message, fields))
-        if len(self._held) > 1:
-            return  # the turn's write is already on its way
         try:
-            asyncio.get_running_loop().call_soon(self.flush)
+            loop = asyncio.get_running_loop()
         except RuntimeError:
             self.flush()
+            return
+        # Compared by loop, not by whether lines are held: lines left by a loop that closed before
+        # its turn ended must not stop the next loop from writing.
+        if self._flush_on is not loop:
+            self._flush_on = loop
+            loop.call_soon(self.flush)
 
     def flush(self) -> None:
+        self._flush_on = None
         data, self._held = b"".join(self._held), []
         # stderr closed or gone: there is nowhere left to say so, and the review must not fail.
         with contextlib.suppress(OSError, ValueError):

@@ -64,8 +64,7 @@ class _Server(uvicorn.Server):
         self.config.ssl = certificate.context
         tasks.append(asyncio.create_task(certificate.watch()))
         # What is alive now (modules, the app, its validators) lives as long as the process: frozen
-        # out of the collector's generations, so that no collection walks it again, as Instagram
-        # does for its Python servers.
+        # out of the collector's generations, so that no collection walks it again.
         gc.collect()
         gc.freeze()
         try:
