@@ -213,6 +213,7 @@ def test_each_distinct_directory_gets_one_volume_mounted_in_every_app_container(
     assert [v["name"] for v in pod["spec"]["volumes"]] == [
         "sidecar-logs",
         "sidecar-logs-2",
+        "sidecar-state",
         "sidecar-no-token",
     ]
     for app in ("a", "b"):
@@ -280,13 +281,15 @@ def test_names_already_used_in_the_pod_get_a_number(settings: Settings) -> None:
         containers=[{"name": "app"}, {"name": "log-app"}],
         initContainers=[{"name": "log-app-2"}],
         ephemeralContainers=[{"name": "log-app-3"}],
-        volumes=[{"name": "sidecar-logs", "emptyDir": {}}],
+        volumes=[{"name": "sidecar-logs", "emptyDir": {}}, {"name": "sidecar-state", "emptyDir": {}}],
     )
     result = injected(pod, settings)
     assert result["spec"]["containers"][-1]["name"] == "log-app-4"
     assert [v["name"] for v in result["spec"]["volumes"]] == [
         "sidecar-logs",
+        "sidecar-state",
         "sidecar-logs-2",
+        "sidecar-state-2",
         "sidecar-no-token",
     ]
 
@@ -330,7 +333,7 @@ def test_existing_mount_at_the_log_directory_is_reused_not_duplicated(settings: 
         "subPath": "logs",
         "readOnly": True,
     }
-    assert [v["name"] for v in result["spec"]["volumes"]] == ["data", "sidecar-no-token"]
+    assert [v["name"] for v in result["spec"]["volumes"]] == ["data", "sidecar-state", "sidecar-no-token"]
 
 
 def test_mount_at_a_parent_directory_is_reused_through_a_subpath(settings: Settings) -> None:
@@ -352,8 +355,8 @@ def test_mount_at_a_parent_directory_is_reused_through_a_subpath(settings: Setti
 
 def test_pod_with_automount_off_gets_no_token_volume(settings: Settings) -> None:
     pod = injected(make_pod({LOG_PATH: "/l/a.log"}, automountServiceAccountToken=False), settings)
-    assert [v["name"] for v in pod["spec"]["volumes"]] == ["sidecar-logs"]
-    assert [m["mountPath"] for m in container(pod, "log-a")["volumeMounts"]] == ["/l"]
+    assert [v["name"] for v in pod["spec"]["volumes"]] == ["sidecar-logs", "sidecar-state"]
+    assert [m["mountPath"] for m in container(pod, "log-a")["volumeMounts"]] == ["/l", "/run/log-sidecar"]
 
 
 def test_absent_arrays_and_maps_are_created_whole(settings: Settings) -> None:
@@ -416,4 +419,4 @@ def test_a_container_that_only_resembles_the_sidecar_is_not_taken_for_it(setting
         ],
     )
     result = injected(pod, settings)
-    assert container(result, "log-app")["command"][-1] == "/var/log/app.log"
+    assert container(result, "log-app")["command"][-2] == "/var/log/app.log"

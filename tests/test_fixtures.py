@@ -23,7 +23,7 @@ from tests.kube import (
 )
 from webhook.admission import review
 from webhook.settings import Settings
-from webhook.sidecar import follow_command
+from webhook.sidecar import follow_command, state_file
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -171,7 +171,7 @@ def test_injected_pod_has_its_sidecars_mounts_and_volume(name: str, settings: Se
     for name_, file in expected.sidecars.items():
         sidecar = container(pod, name_)
         assert sidecar in where
-        assert sidecar["command"] == follow_command(file)
+        assert sidecar["command"] == follow_command(file, state_file(name_))
         assert "args" not in sidecar, "the path is data, never passed through a shell"
         assert sidecar["image"] == "busybox:1.37"
         assert sidecar.get("restartPolicy") == ("Always" if expected.native else None)

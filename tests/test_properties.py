@@ -20,7 +20,7 @@ from tests.kube import (
 )
 from webhook.engine import decide_pod
 from webhook.settings import Settings
-from webhook.sidecar import FOLLOW
+from webhook.sidecar import FOLLOW, state_file
 
 # Small pools, so collisions (names, directories, nested mounts) happen often.
 CONTAINER_NAMES = ["app", "web", "log-a", "log-a-2", "log-b", "sidecar-logs", "init"]
@@ -191,7 +191,7 @@ def test_patch_applies_and_keeps_the_pod_well_formed_and_a_second_pass_adds_noth
     assert schema_errors(result) == []
     assert set(restricted_violations(result)) <= set(restricted_violations(pod))
     files = [f.strip() for f in pod["metadata"]["annotations"]["sidecar.example/log-path"].split(",")]
-    tailed = [c["command"][-1] for c in all_containers(result) if c.get("command", [])[:-1] == list(FOLLOW)]
+    tailed = [c["command"][-2] for c in all_containers(result) if c.get("command", [])[:-2] == list(FOLLOW)]
     assert sorted(tailed) == sorted(set(files))
     again = run_service_account_plugin(result)
     assert decide_pod(again, settings).patch == ()
@@ -226,9 +226,10 @@ def test_any_log_path_value_is_either_denied_clearly_or_tailed_without_a_shell(
         return
     result = apply(pod, list(decision.patch))
     for sidecar in result["spec"]["containers"][1:]:
-        # The program is fixed; the value reaches it only as its last argument, the file.
-        assert sidecar["command"][:-1] == list(FOLLOW)
-        assert sidecar["command"][-1] in value and sidecar["command"][-1].startswith("/")
+        # The program is fixed; the value reaches it only as an argument, the file.
+        *program, file, state = sidecar["command"]
+        assert program == list(FOLLOW) and state == state_file(sidecar["name"])
+        assert file in value and file.startswith("/")
         assert "args" not in sidecar
     assert schema_errors(result) == []
 

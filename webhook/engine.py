@@ -16,6 +16,7 @@ from webhook.annotations import (
     CONTAINERS,
     INJECTED,
     LOG_PATH,
+    LOG_VOLUME_SIZE,
     MODE,
     AnnotationError,
     LogRequest,
@@ -33,10 +34,12 @@ from webhook.settings import Settings
 from webhook.sidecar import (
     LOG_VOLUME,
     NO_TOKEN_VOLUME,
+    STATE_VOLUME,
     followed_file,
     log_mount,
     no_token_mount,
     sidecar_container,
+    state_mount,
 )
 
 # Pods that are meant to finish: a classic sidecar never exits, so such a pod never completes.
@@ -110,24 +113,35 @@ def _inject(spec: PodSpec, found: Mapping[str, str], wanted: LogRequest, setting
     new_volumes: list[dict[str, Any]] = []
     new_mounts: dict[int, list[dict[str, Any]]] = defaultdict(list)
     volume_at: dict[str, tuple[str, str]] = {}
+    sized: set[str] = set()  # the directories on a new volume of wanted.volume_size
     for directory in dict.fromkeys(directory_of(file) for file in wanted.files):
         shared = _shared_volume(directory, targets, found[LOG_PATH])
         if shared is None:
             shared = (unique_name(LOG_VOLUME, taken), "")
-            new_volumes.append({"name": shared[0], "emptyDir": {}})
+            new_volumes.append({"name": shared[0], "emptyDir": _empty_dir(wanted.volume_size)})
+            if wanted.volume_size:
+                sized.add(directory)
+        elif LOG_VOLUME_SIZE in found:
+            warnings += (
+                f"{LOG_VOLUME_SIZE} ignored for {directory}: it is on the pod's own volume {shared[0]!r}, "
+                "whose size the pod sets itself",
+            )
         volume_at[directory] = shared
         for index, container in targets:
             if _covering_mount(container, directory) is None:
                 new_mounts[index].append(log_mount(shared[0], directory, shared[1], read_only=False))
 
     new_sidecars: list[dict[str, Any]] = []
-    no_token_volume = ""
+    no_token_volume = state_volume = ""
     for file in wanted.files:
         if file in existing:
             continue
         directory = directory_of(file)
         volume, sub_path = volume_at[directory]
-        mounts = [log_mount(volume, directory, sub_path, read_only=True)]
+        if not state_volume:
+            state_volume = unique_name(STATE_VOLUME, taken)
+            new_volumes.append({"name": state_volume, "emptyDir": {}})
+        mounts = [log_mount(volume, directory, sub_path, read_only=True), state_mount(state_volume)]
         # With automount off at pod level the plugin adds no token, so there is nothing to keep out.
         if spec.automount_service_account_token is not False:
             if not no_token_volume:
@@ -145,8 +159,11 @@ def _inject(spec: PodSpec, found: Mapping[str, str], wanted: LogRequest, setting
                 resources=wanted.resources,
                 identity=identity,
                 settings=settings,
+                # The first sidecar of each sized volume asks the scheduler for its disk.
+                ephemeral_storage=wanted.volume_size if directory in sized else "",
             )
         )
+        sized.discard(directory)
 
     ops: list[Operation] = extend(_VOLUMES, spec.volumes is not None, new_volumes)
     for index, mounts in new_mounts.items():
@@ -165,6 +182,10 @@ def _inject(spec: PodSpec, found: Mapping[str, str], wanted: LogRequest, setting
     if new_sidecars and identity_warning:
         warnings += (identity_warning,)
     return Decision.patched(ops, "injected", warnings)
+
+
+def _empty_dir(size: str) -> dict[str, Any]:
+    return {"sizeLimit": size} if size else {}
 
 
 def _existing_sidecars(containers: Sequence[Container], files: Sequence[str]) -> dict[str, str]:

@@ -97,6 +97,13 @@ class Settings(BaseSettings):
     sidecar_cpu_max: Quantity = "1"
     sidecar_memory_max: Quantity = "512Mi"
 
+    # The sizeLimit of the log volume (an emptyDir) the webhook adds, for pods without the
+    # sidecar.example/log-volume-size annotation: "" for none, so the volume takes what the node's disk
+    # has, bounded only by kubelet's node-pressure eviction (docs/logs.md). And the most a pod may ask
+    # for, a ceiling against typos ("500Gi" for "500Mi") more than a budget.
+    log_volume_size: Annotated[str, AfterValidator(lambda v: v and _quantity(v))] = ""
+    log_volume_size_max: Quantity = "10Gi"
+
     # A log directory here would get an emptyDir mounted over it, hiding what the image ships there.
     protected_dirs: Directories = frozenset(
         {"/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/sbin", "/sys", "/usr", "/var"}
@@ -117,6 +124,19 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"sidecar_{resource}_request {request}, _limit {limit} and _max {maximum} "
                     "must be in that order, each at most the next"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _log_volume_size_within_maximum(self) -> Self:
+        if self.log_volume_size:
+            size, maximum = (
+                parse_quantity(q).value for q in (self.log_volume_size, self.log_volume_size_max)
+            )
+            if not 0 < size <= maximum:
+                raise ValueError(
+                    f"log_volume_size {self.log_volume_size} must be above 0 and at most "
+                    f"log_volume_size_max {self.log_volume_size_max}"
                 )
         return self
 
