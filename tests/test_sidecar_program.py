@@ -24,15 +24,43 @@ pytestmark = pytest.mark.skipif(
 BOUND_SECONDS = 30
 
 
+def as_the_kubelet_passes_it(command: list[str], env: dict[str, str]) -> list[str]:
+    """The kubelet's expansion of a container's command (Kubernetes' third_party/forked/golang/expansion):
+    `$(NAME)` becomes the variable's value when the container has it, `$$` becomes `$`, anything else
+    stays. A `$$` in the program would reach the shell as `$`."""
+
+    def expand(text: str) -> str:
+        out, i = [], 0
+        while i < len(text):
+            if text[i] != "$" or i + 1 == len(text):
+                out.append(text[i])
+                i += 1
+            elif text[i + 1] == "$":
+                out.append("$")
+                i += 2
+            elif text[i + 1] == "(" and (end := text.find(")", i + 2)) != -1:
+                name = text[i + 2 : end]
+                out.append(env.get(name, f"$({name})"))
+                i = end + 1
+            else:
+                out.append(text[i])
+                i += 1
+        return "".join(out)
+
+    return [expand(arg) for arg in command]
+
+
+# What every pod's containers get from the kubelet: the Service environment of `kubernetes.default`.
+POD_ENV = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443", "HOSTNAME": "pod"}
+
+
 class Follower:
-    """The program following `file`, as the sidecar's container runs it; what it prints is collected."""
+    """The program following `file`, as the kubelet hands it to the sidecar's shell; what it prints is
+    collected."""
 
     def __init__(self, file: Path, state: Path) -> None:
-        self.process = subprocess.Popen(
-            ["busybox", *follow_command(str(file), str(state))],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        command = as_the_kubelet_passes_it(follow_command(str(file), str(state)), POD_ENV)
+        self.process = subprocess.Popen(["busybox", *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self._out = bytearray()
         self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -290,6 +318,18 @@ def test_two_sidecars_of_one_pod_share_the_state_volume_without_mixing(tmp_path:
         a.stop()
         b.stop()
     assert (a.lines(), b.lines()) == (numbered(0, 500, "a"), numbered(0, 500, "b"))
+
+
+def test_the_kubelet_passes_the_program_unchanged() -> None:
+    command = follow_command("/var/log/app.log", "/run/log-sidecar/log-app")
+    assert as_the_kubelet_passes_it(command, POD_ENV) == command
+
+
+def test_the_kubelet_expansion_of_the_tests_is_the_kubelets() -> None:
+    """The check above can fail: `$$` and a variable the container has are what the kubelet changes."""
+    assert as_the_kubelet_passes_it(["echo $$ $(HOSTNAME) $(NOPE) $((1 + 2)) $"], POD_ENV) == [
+        "echo $ pod $(NOPE) $((1 + 2)) $"
+    ]
 
 
 HOSTILE_NAMES = [

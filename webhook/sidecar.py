@@ -24,7 +24,7 @@ NO_TOKEN_VOLUME = "sidecar-no-token"
 #
 # How it follows, once a second (latency ~0.5 s, as tail's), like Fluent Bit's tail and Vector's file:
 # - fd 3 holds the file; `cat <&3` prints what was added since the last round and moves fd 3's offset,
-#   which /proc/$$/fdinfo/3 reads back without a fork. One fork a round is its whole idle cost: the
+#   which /proc/self/fdinfo/3 reads back without a fork. One fork a round is its whole idle cost: the
 #   pause is `read -t` on a FIFO nobody writes (fd 5), the checks are the shell's own builtins.
 # - Truncation: the file's first line (up to 255 bytes) is its fingerprint. When the first line is no
 #   longer that (copytruncate, `: > file`, a rewrite), even if the file grew past the old offset within
@@ -47,9 +47,9 @@ trap q=1 TERM INT
 mkfifo "$s.t"
 [ -p "$s.t" ] && exec 5<>"$s.t"
 nap() { if [ -p "$s.t" ]; then read -t $1 z <&5; else sleep $1; fi; }
-at() { read -r z p <"/proc/$$/fdinfo/$1"; }
-line1() { IFS= read -r -n 255 h <"/proc/$$/fd/3"; }
-open() { command exec 3<"$f" && set -- $(stat -L -c '%i %s' "/proc/$$/fd/3") && i=$1 z=$2 fp=; }
+at() { read -r z p <"/proc/self/fdinfo/$1"; }
+line1() { IFS= read -r -n 255 h <"/proc/self/fd/3"; }
+open() { command exec 3<"$f" && set -- $(stat -L -c '%i %s' "/proc/self/fd/3") && i=$1 z=$2 fp=; }
 if [ -r "$f" ] && open && { read -r si sp && IFS= read -r sf; } <"$s" && [ "$si" = "$i" ] &&
   [ "$sp" -le "$z" ] && { [ -z "$sf" ] || { line1 && [ "$h" = "$sf" ]; }; }; then
   dd bs=1 skip="$sp" count=0 <&3
@@ -62,11 +62,11 @@ while :; do
     if [ "$p" != "$a" ]; then m=1 n=0; elif [ $((n += 1)) -ge 5 ]; then exec 4<&-; old=; fi
   fi
   if [ -n "$i" ]; then
-    [ -n "$fp" ] && ! { line1 && [ "$h" = "$fp" ]; } && exec 3<"/proc/$$/fd/3" && fp=
+    [ -n "$fp" ] && ! { line1 && [ "$h" = "$fp" ]; } && exec 3<"/proc/self/fd/3" && fp=
     at 3; a=$p; cat <&3; at 3
     [ -z "$fp" ] && line1 && fp=$h
     [ "$p" != "$a" ] && m=1 && printf '%s %s\\n%s\\n' "$i" "$p" "$fp" >"$s"
-    if ! [ "$f" -ef "/proc/$$/fd/3" ] && [ -r "$f" ]; then
+    if ! [ "$f" -ef "/proc/self/fd/3" ] && [ -r "$f" ]; then
       [ -n "$old" ] && cat <&4
       exec 4<&3; old=1 n=0; open
     fi
