@@ -304,6 +304,35 @@ def test_on_sigterm_a_final_burst_is_printed_whole_and_it_exits_0(log: Path, sta
     assert sidecar.lines() == ["first", *numbered(0, 200_000)]
 
 
+def test_an_app_that_never_stops_writing_keeps_a_stopping_sidecar_only_a_few_seconds(
+    log: Path, state: Path
+) -> None:
+    """A classic sidecar's app that ignores its own SIGTERM: the sidecar still ends on its own, well inside
+    the grace period, with whole lines in order."""
+    stop_writing = threading.Event()
+
+    def app() -> None:
+        n = 0
+        while not stop_writing.is_set():
+            append(log, numbered(n, n + 10))
+            n += 10
+            stop_writing.wait(0.01)
+
+    writer = threading.Thread(target=app)
+    writer.start()
+    try:
+        with following(log, state) as sidecar:
+            sidecar.wait_for(lambda lines: len(lines) >= 100, "the sidecar streaming")
+            took = sidecar.stop()
+    finally:
+        stop_writing.set()
+        writer.join()
+    print(f"stopped while the app kept writing, in {took:.2f} s")
+    lines = sidecar.lines()
+    assert sidecar.process.returncode == 0
+    assert lines == numbered(0, len(lines))
+
+
 def test_two_sidecars_of_one_pod_share_the_state_volume_without_mixing(tmp_path: Path, state: Path) -> None:
     files = [tmp_path / "logs" / name for name in ("a.log", "b.log")]
     (tmp_path / "logs").mkdir(exist_ok=True)

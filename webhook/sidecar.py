@@ -38,12 +38,15 @@ NO_TOKEN_VOLUME = "sidecar-no-token"
 #   repeats at most the last round's lines; a SIGTERM repeats none.
 # - Stopping: SIGTERM (pod deletion, a Job's end) makes the rounds 0.5 s apart, and the first round
 #   after that reads nothing ends the shell with 0: all the app wrote is printed, no line is cut, and
-#   a sidecar with nothing left to read is gone in ~0.5 s. A foreground `cat` is never interrupted.
+#   a sidecar with nothing left to read is gone in ~0.5 s. A foreground `cat` is never interrupted, so
+#   a final burst is drained whole however long it takes. An app that goes on writing (a classic
+#   sidecar's app ignoring its own SIGTERM) keeps it at most 10 rounds, ~5 s, well inside the default
+#   grace period of 30 s: the kubelet never has to kill it mid-line.
 # - Nothing of its own on stderr, which `kubectl logs` would show among the app's lines.
 FOLLOW_SCRIPT = """\
 f=$1 s=$2 i= fp= old= q=
 exec 2>/dev/null
-trap q=1 TERM INT
+trap 'q=${q:-1}' TERM INT
 mkfifo "$s.t"
 [ -p "$s.t" ] && exec 5<>"$s.t"
 nap() { if [ -p "$s.t" ]; then read -t $1 z <&5; else sleep $1; fi; }
@@ -71,7 +74,8 @@ while :; do
       exec 4<&3; old=1 n=0; open
     fi
   elif [ -r "$f" ]; then open; fi
-  if [ -n "$q" ]; then [ -z "$m" ] && [ $q = 2 ] && exit 0; q=2; nap 0.5; else nap 1; fi
+  if [ -n "$q" ]; then { [ -z "$m" ] && [ $q -gt 1 ]; } || [ $q -gt 10 ] && exit 0; q=$((q + 1)); nap 0.5
+  else nap 1; fi
 done
 """
 # $0 of the script: the name the shell gives itself in its own error messages.
