@@ -150,6 +150,7 @@ def test_deploy_holds_each_object_of_the_install_once_with_its_name() -> None:
             "Secret",
             "ValidatingAdmissionPolicy",
             "ValidatingAdmissionPolicyBinding",
+            "ResourceQuota",
         ]
     )
     names = {kind: obj["metadata"]["name"] for kind, obj in objects.items()}
@@ -499,6 +500,18 @@ def test_termination_grace_outlasts_the_prestop_sleep_and_the_server_shutdown() 
     # The API server abandons a call after timeoutSeconds; the server itself exits within its own cap.
     assert webhook()["timeoutSeconds"] <= GRACEFUL_SHUTDOWN_SECONDS
     assert pod_spec()["terminationGracePeriodSeconds"] > sleep + GRACEFUL_SHUTDOWN_SECONDS
+
+
+def test_webhook_pods_have_the_priority_of_cluster_critical_pods_under_a_quota_that_admits_them() -> None:
+    # As Gatekeeper: system-cluster-critical, with a quota for the class in the webhook's namespace, which
+    # clusters limiting the class outside kube-system need.
+    assert pod_spec()["priorityClassName"] == "system-cluster-critical"
+    quota = deploy_objects()["ResourceQuota"]["spec"]
+    assert quota["scopeSelector"]["matchExpressions"] == [
+        {"scopeName": "PriorityClass", "operator": "In", "values": [pod_spec()["priorityClassName"]]}
+    ]
+    strategy = deployment()["spec"]["strategy"]["rollingUpdate"]
+    assert int(quota["hard"]["pods"]) >= deployment()["spec"]["replicas"] + strategy["maxSurge"]
 
 
 def test_replicas_spread_over_nodes_but_still_schedule_on_a_single_node() -> None:
