@@ -294,6 +294,40 @@ def test_cert_manager_overlay_injects_the_ca_of_the_certificate_the_webhook_moun
     assert ca["spec"]["isCA"] is True and issuer["spec"]["ca"]["secretName"] == ca["spec"]["secretName"]
 
 
+# --- Overlay: the NetworkPolicy ---------------------------------------------------------------------------
+
+
+def network_policy() -> dict[str, Any]:
+    policy: dict[str, Any] = rendered("network-policy")[f"NetworkPolicy/{NAMESPACE}"]
+    return policy
+
+
+def test_network_policy_overlay_is_the_install_plus_a_valid_network_policy() -> None:
+    objects = rendered("network-policy")
+    assert sorted(objects) == sorted([*rendered_install(), f"NetworkPolicy/{NAMESPACE}"])
+    for version in KUBERNETES_VERSIONS:
+        assert kubernetes_validate.validate(network_policy(), version, strict=True) == version
+
+
+def test_network_policy_holds_the_webhook_pods_and_admits_only_the_tls_port() -> None:
+    spec = network_policy()["spec"]
+    assert selector_matches(spec["podSelector"], deployment()["spec"]["template"]["metadata"]["labels"])
+    assert spec["policyTypes"] == ["Ingress"]
+    # One rule: the TLS port (the metrics port gets its rule when it exists, as the file says).
+    (rule,) = spec["ingress"]
+    assert [container_port(port["port"]) for port in rule["ports"]] == [8443]
+    assert all(port["protocol"] == "TCP" for port in rule["ports"])
+    assert "METRICS PORT" in (OVERLAYS / "network-policy" / "networkpolicy.yaml").read_text()
+
+
+def test_network_policy_keeps_the_pod_network_out_by_default() -> None:
+    (rule,) = network_policy()["spec"]["ingress"]
+    (source,) = rule["from"]
+    # Every address but the pod network: the API server and the nodes, not a tenant's pod. No pod or
+    # namespace selector: either would admit pods.
+    assert source == {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.244.0.0/16"]}}
+
+
 # --- Deployment, Service and webhook agree ------------------------------------------------------------
 
 
