@@ -463,3 +463,22 @@ def test_applying_deploy_over_a_filled_secret_keeps_it_and_its_ca(install: Insta
     install.look()
     assert install.material().ca.cert == ca, "no new CA: the upgrade keeps the one the caBundle trusts"
     assert all(ca in bundle for bundle in install.bundles())
+
+
+def test_starting_over_by_emptying_the_secret_makes_a_new_ca_and_keeps_the_old_one_trusted_meanwhile(
+    install: Install,
+) -> None:
+    # deploy/README.md, "Starting over": the command a user runs, then the next look of a replica.
+    (trusted,) = install.bundles()
+    assert install.material().ca.cert in trusted
+    install.api.kubectl(
+        *("-n", NAMESPACE, "patch", "secret", SECRET, "--type=json"),
+        *("-p", '[{"op": "remove", "path": "/data"}]'),
+    )
+    assert not install.secret().get("data")
+    install.look()
+    new = install.material()
+    assert new.ca.cert not in trusted
+    # What the caBundle trusted stays trusted until the old replicas have picked up the new certificate.
+    assert install.bundles() == [[new.ca.cert, *trusted]]
+    assert [r.cert for r in new.retired] == trusted
