@@ -27,7 +27,7 @@ from lightkube.resources.admissionregistration_v1 import MutatingWebhookConfigur
 from tests.apiserver import ROOT, ControlPlane, control_plane
 from webhook import cluster_certs, pki
 from webhook.app import ServingState
-from webhook.cluster import ClusterCertificates
+from webhook.cluster import ApiUnavailable, ClusterCertificates
 from webhook.metrics import Metrics
 from webhook.settings import Settings
 
@@ -64,19 +64,26 @@ class Install:
         )
 
     def wait_until_guarded(self) -> None:
-        """Until the API server enforces the policy: it loads new policies within about a second (its
-        policy source refreshes them), and until then the account's patch is not checked."""
-        patch = json.dumps([{"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Ignore"}])
+        """Until the API server enforces the policy of deploy/ (below)."""
+        patch = [{"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Ignore"}]
+        self.wait_until_refused(patch, "sidecar-webhook")
+
+    def wait_until_refused(self, patch: list[dict[str, Any]], policy: str) -> None:
+        """Until `policy` refuses `patch` by the account (tried as a server dry run): the API server loads
+        a new policy within about a second (its policy source refreshes them), and until then the
+        account's patches are not checked."""
         deadline = time.monotonic() + GUARD_SECONDS
         while True:
             result = self.as_webhook(
                 *("patch", "mutatingwebhookconfiguration", CONFIGURATION),
-                *("--dry-run=server", "--type=json", "-p", patch),
+                *("--dry-run=server", "--type=json", "-p", json.dumps(patch)),
             )
             if result.returncode != 0:
-                assert "denied request" in result.stderr, result.stderr
+                assert f"ValidatingAdmissionPolicy '{policy}'" in result.stderr, result.stderr
                 return
-            assert time.monotonic() < deadline, f"the policy is not enforced within {GUARD_SECONDS} s"
+            assert time.monotonic() < deadline, (
+                f"the policy {policy} is not enforced within {GUARD_SECONDS} s"
+            )
             time.sleep(0.1)
 
     def configuration(self) -> dict[str, Any]:
@@ -482,3 +489,71 @@ def test_starting_over_by_emptying_the_secret_makes_a_new_ca_and_keeps_the_old_o
     # What the caBundle trusted stays trusted until the old replicas have picked up the new certificate.
     assert install.bundles() == [[new.ca.cert, *trusted]]
     assert [r.cert for r in new.retired] == trusted
+
+
+# --- Faults the webhook names: the Secret missing, another policy in the way ------------------------------
+
+
+def test_a_missing_secret_is_logged_with_what_to_do_and_not_created(
+    install: Install, caplog: pytest.LogCaptureFixture
+) -> None:
+    install.api.kubectl("delete", "secret", SECRET, "-n", NAMESPACE)
+    with caplog.at_level(logging.ERROR, logger="sidecar_webhook.certificates"), pytest.raises(ApiUnavailable):
+        install.look()
+    assert f"get secret {NAMESPACE}/{SECRET}: 404 NotFound; it does not exist: deploy/ ships it empty" in (
+        caplog.text
+    )
+    assert install.api.kubectl("get", "secrets", "-n", NAMESPACE, "-o", "name").split() == []
+    # Applied again, deploy/ brings it back empty, and the next look fills it.
+    install.api.kubectl("apply", "-k", str(ROOT / "deploy"))
+    install.look()
+    install.material()
+
+
+def test_a_ca_bundle_write_refused_by_another_policy_is_logged_as_such(
+    install: Install, caplog: pytest.LogCaptureFixture
+) -> None:
+    stricter = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": "no-webhook-writes"},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": ["admissionregistration.k8s.io"],
+                        "apiVersions": ["*"],
+                        "operations": ["UPDATE"],
+                        "resources": ["mutatingwebhookconfigurations"],
+                    }
+                ]
+            },
+            "validations": [{"expression": f"request.userInfo.username != '{ACCOUNT}'"}],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": "no-webhook-writes"},
+        "spec": {"policyName": "no-webhook-writes", "validationActions": ["Deny"]},
+    }
+    objects = json.dumps({"apiVersion": "v1", "kind": "List", "items": [stricter, binding]})
+    install.api.kubectl("apply", "-f", "-", input=objects)
+    try:
+        pem = base64.b64encode(pki.cert_pem(pki.create_ca("any", timedelta(days=1)).cert)).decode()
+        ca_bundle = [{"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": pem}]
+        install.wait_until_refused(ca_bundle, "no-webhook-writes")
+        _write_bundle_as_admin(install, [])
+        with (
+            caplog.at_level(logging.ERROR, logger="sidecar_webhook.certificates"),
+            pytest.raises(ApiUnavailable),
+        ):
+            install.look()
+        # 422 Invalid: a policy's refusal with no reason of its own (deploy/'s says Forbidden: 403).
+        assert "patch mutatingwebhookconfiguration sidecar-webhook: 422 Invalid;" in caplog.text
+        assert "ValidatingAdmissionPolicy 'no-webhook-writes'" in caplog.text
+        assert "is another policy in the way? retrying" in caplog.text
+    finally:
+        install.api.kubectl("delete", "-f", "-", input=objects)
+    assert install.bundles() == [[]]

@@ -300,7 +300,8 @@ class ClusterCertificates:
 
 def _what_to_do(code: int, verb: str, what: str, message: str) -> str:
     kind = what.split()[0]
-    if code == 403 and "ValidatingAdmissionPolicy" in message:
+    # A policy's or a webhook's refusal: 403 or 422, as its author chose.
+    if code in (403, 422) and ("ValidatingAdmissionPolicy" in message or "admission webhook" in message):
         return (
             f"{message}; the webhook writes only the caBundle, which deploy/base/"
             "validatingadmissionpolicy.yaml allows: is another policy in the way? retrying"
