@@ -303,8 +303,9 @@ def _what_to_do(code: int, verb: str, what: str, message: str) -> str:
     # A policy's or a webhook's refusal: 403 or 422, as its author chose.
     if code in (403, 422) and ("ValidatingAdmissionPolicy" in message or "admission webhook" in message):
         return (
-            f"{message}; the webhook writes only the caBundle, which deploy/base/"
-            "validatingadmissionpolicy.yaml allows: is another policy in the way? retrying"
+            f"{message}; an admission policy or webhook refused it, where deploy/'s own allows the "
+            "webhook's writes (deploy/base/validatingadmissionpolicy.yaml): is another policy in the way? "
+            "retrying"
         )
     if code == 403:
         return (
