@@ -20,6 +20,9 @@ class VolumeMount(_View):
     mount_path: str = Field(alias="mountPath")
     sub_path: str = Field("", alias="subPath")
     sub_path_expr: str = Field("", alias="subPathExpr")
+    read_only: bool = Field(False, alias="readOnly")
+    # Disabled, IfPossible or Enabled; None when not said, which Kubernetes reads as Disabled.
+    recursive_read_only: str | None = Field(None, alias="recursiveReadOnly")
 
 
 class SecurityContext(_View):
@@ -38,6 +41,25 @@ class Container(_View):
 
 class Volume(_View):
     name: str
+    # The sources whose files are API objects: a Secret's or a ConfigMap's data, the pod's own fields,
+    # ServiceAccount tokens (projected). Only whether one is there is read; what it holds is the API
+    # server's business.
+    secret: dict[str, object] | None = None
+    config_map: dict[str, object] | None = Field(None, alias="configMap")
+    projected: dict[str, object] | None = None
+    downward_api: dict[str, object] | None = Field(None, alias="downwardAPI")
+
+    @property
+    def api_object_source(self) -> str | None:
+        """The source's field name (secret, configMap, projected, downwardAPI) if its files are API
+        objects, else None."""
+        sources = {
+            "secret": self.secret,
+            "configMap": self.config_map,
+            "projected": self.projected,
+            "downwardAPI": self.downward_api,
+        }
+        return next((field for field, source in sources.items() if source is not None), None)
 
 
 class Metadata(_View):
