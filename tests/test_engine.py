@@ -532,6 +532,13 @@ def test_a_pod_injected_by_the_previous_version_gets_no_second_sidecar(
     assert decide_pod(pod, settings) == Decision.allow("already-injected")
 
 
+def test_a_sidecar_is_recognised_by_its_command_whatever_its_image(settings: Settings) -> None:
+    """Earlier versions wrote the short `busybox:1.37`; a new image setting must not inject twice."""
+    pod = injected(make_pod({LOG_PATH: "/var/log/app.log"}), settings)
+    container(pod, "log-app")["image"] = "busybox:1.37"
+    assert decide_pod(pod, settings) == Decision.allow("already-injected")
+
+
 def test_a_container_that_only_resembles_the_sidecar_is_not_taken_for_it(settings: Settings) -> None:
     pod = make_pod(
         {LOG_PATH: "/var/log/app.log"},

@@ -173,7 +173,7 @@ def test_injected_pod_has_its_sidecars_mounts_and_volume(name: str, settings: Se
         assert sidecar in where
         assert sidecar["command"] == follow_command(file)
         assert "args" not in sidecar, "the path is data, never passed through a shell"
-        assert sidecar["image"] == "busybox:1.37"
+        assert sidecar["image"] == "docker.io/library/busybox:1.37"
         assert sidecar.get("restartPolicy") == ("Always" if expected.native else None)
         directory = file.rsplit("/", 1)[0]
         (log_mount,) = [m for m in sidecar["volumeMounts"] if m["mountPath"] == directory]

@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="sidecar-webhook",
         description="Kubernetes mutating admission webhook that injects a log-tailing sidecar.",
         epilog="Every setting can also be given as an environment variable SIDECAR_WEBHOOK_<NAME>, "
-        "e.g. SIDECAR_WEBHOOK_PORT=8443 or SIDECAR_WEBHOOK_SIDECAR_IMAGE=busybox:1.37.",
+        "e.g. SIDECAR_WEBHOOK_PORT=8443 or SIDECAR_WEBHOOK_SIDECAR_IMAGE=docker.io/library/busybox:1.37.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
