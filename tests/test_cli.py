@@ -90,6 +90,12 @@ def test_settings_are_frozen() -> None:
         Settings().port = 1  # type: ignore[misc]
 
 
+def test_a_client_ca_file_that_does_not_exist_stops_the_server_before_it_listens(tmp_path: Path) -> None:
+    printed = sidecar_webhook("serve", "--client-ca-file", str(tmp_path / "missing.crt"), "--port", "1")
+    assert printed.returncode == 2
+    assert b"client_ca_file" in printed.stderr and b"does not point to a file" in printed.stderr
+
+
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 
 

@@ -66,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--record-dir", type=Path, help="write each answered review to a JSON file here (off by default)"
     )
+    serve.add_argument(
+        "--client-ca-file",
+        type=Path,
+        help="require a client certificate signed by a CA of this PEM file to call /mutate (the API "
+        "server's, from its AdmissionConfiguration); the probes stay open (off by default)",
+    )
     cluster = serve.add_argument_group(
         "certificates",
         "files (default): serve tls.crt and tls.key of --cert-dir, reloaded when they change. cluster: "
@@ -156,7 +162,8 @@ def _parser() -> argparse.ArgumentParser:
 def _settings(args: argparse.Namespace) -> Settings:
     """Flags win over SIDECAR_WEBHOOK_* variables, which win over the defaults."""
     names = (
-        *("host", "port", "cert_dir", "log_level", "record_dir", "shutdown_delay", "certificates"),
+        *("host", "port", "cert_dir", "log_level", "record_dir", "client_ca_file", "shutdown_delay"),
+        "certificates",
         *("secret_namespace", "secret_name", "webhook_configuration", "service_name", "service_namespace"),
         *("extra_hosts", *DURATION_FLAGS),
     )

@@ -5,7 +5,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, FilePath, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from webhook.quantity import parse_quantity
@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     shutdown_delay: float = Field(0.0, ge=0, le=60)
     # Off by default: a recording holds the whole pod, env values included.
     record_dir: Path | None = None
+    # A PEM bundle of the CAs whose client certificates may call /mutate (the API server's, set in its
+    # AdmissionConfiguration). None: any client that reaches the port may. Read at startup.
+    client_ca_file: FilePath | None = None
 
     # Where the serving certificate comes from. "files": tls.crt and tls.key in cert_dir, made by
     # someone else (`certs create`, cert-manager) and reloaded when they change. "cluster": the server
