@@ -1,19 +1,25 @@
 """--client-ca-file: the real server process over real TLS takes reviews only from clients whose certificate
-its client CA signed, as the API server sends with an AdmissionConfiguration; the probes stay open."""
+its client CA signed, as the API server sends with an AdmissionConfiguration; the probes stay open. Last, a
+real kube-apiserver (envtest) configured as README.md shows, calling the server."""
 
+import base64
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.apiserver import ROOT, ControlPlane, control_plane
 from tests.kube import apply, container, load_review, patch_ops
 from tests.server import RunningServer, running_server
 from webhook import pki
@@ -21,6 +27,7 @@ from webhook import pki
 JSON = {"content-type": "application/json"}
 SEED = json.dumps(load_review("seed-pod"))
 DAY = timedelta(days=1)
+DEPLOY_CONFIGURATION = ROOT / "deploy" / "base" / "mutatingwebhookconfiguration.yaml"
 
 
 def issue(ca: pki.KeyPair, usage: x509.ObjectIdentifier, directory: Path, name: str) -> tuple[Path, Path]:
@@ -118,3 +125,110 @@ def test_a_certificate_of_the_client_ca_for_servers_only_gets_the_connection_clo
 def test_without_the_setting_a_client_without_a_certificate_gets_its_review(client: httpx.Client) -> None:
     answer = client.post("/mutate", content=SEED, headers=JSON)
     assert answer.status_code == 200 and answer.json()["response"]["allowed"] is True
+
+
+# --- a real kube-apiserver configured as README.md shows: AdmissionConfiguration -> kubeconfig -> certificate
+
+
+def admission_configuration(work: Path, users: dict[str, tuple[Path, Path]]) -> Path:
+    """The AdmissionConfiguration README.md documents, with a kubeconfig giving each webhook host its
+    client certificate."""
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "users": [
+            {"name": host, "user": {"client-certificate": str(cert), "client-key": str(key)}}
+            for host, (cert, key) in users.items()
+        ],
+    }
+    (work / "admission-kubeconfig.yaml").write_text(yaml.safe_dump(kubeconfig))
+    configuration = {
+        "apiVersion": "apiserver.config.k8s.io/v1",
+        "kind": "AdmissionConfiguration",
+        "plugins": [
+            {
+                "name": "MutatingAdmissionWebhook",
+                "configuration": {
+                    "apiVersion": "apiserver.config.k8s.io/v1",
+                    "kind": "WebhookAdmissionConfiguration",
+                    "kubeConfigFile": str(work / "admission-kubeconfig.yaml"),
+                },
+            }
+        ],
+    }
+    (work / "admission.yaml").write_text(yaml.safe_dump(configuration))
+    return work / "admission.yaml"
+
+
+@pytest.fixture(scope="module")
+def api(setup: Setup) -> Iterator[ControlPlane]:
+    # A certificate for the webhook called at 127.0.0.1:PORT only; at localhost:PORT it sends none.
+    certificate = issue(setup.client_ca, ExtendedKeyUsageOID.CLIENT_AUTH, setup.work, "kube-apiserver")
+    config = admission_configuration(setup.work, {f"127.0.0.1:{setup.server.port}": certificate})
+    with control_plane("--admission-control-config-file", str(config)) as plane:
+        yield plane
+
+
+@contextmanager
+def webhook_at(api: ControlPlane, server: RunningServer, host: str) -> Iterator[None]:
+    """deploy/'s webhook configuration, calling the server at https://HOST:PORT/mutate; removed after."""
+    (configuration,) = [d for d in yaml.safe_load_all(DEPLOY_CONFIGURATION.read_text()) if d]
+    configuration["metadata"]["name"] = f"sidecar-webhook-{host}"
+    (hook,) = configuration["webhooks"]
+    ca = base64.b64encode((server.cert_dir / "ca.crt").read_bytes()).decode()
+    hook["clientConfig"] = {"url": f"https://{host}:{server.port}/mutate", "caBundle": ca}
+    api.kubectl("apply", "-f", "-", input=json.dumps(configuration))
+    try:
+        yield
+    finally:
+        api.kubectl("delete", "mutatingwebhookconfiguration", configuration["metadata"]["name"])
+
+
+def create_pod(api: ControlPlane, until: Callable[[httpx.Response], bool]) -> httpx.Response:
+    """Create (dry run) an opted-in pod until `until` holds of the answer: the API server starts calling
+    a new webhook configuration within a moment of its creation, not at once."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": "app-", "annotations": {"sidecar.example/log-path": "/var/log/app.log"}},
+        "spec": {"containers": [{"name": "app", "image": "docker.io/library/busybox:1.37"}]},
+    }
+    deadline = time.monotonic() + 30
+    with api.client() as client:
+        while True:
+            answer = client.post("/api/v1/namespaces/default/pods", params={"dryRun": "All"}, json=pod)
+            if until(answer) or time.monotonic() > deadline:
+                return answer
+            time.sleep(0.1)
+
+
+def injected(answer: httpx.Response) -> bool:
+    return answer.status_code == 201 and len(answer.json()["spec"]["containers"]) == 2
+
+
+def test_an_api_server_that_presents_its_certificate_from_the_admission_configuration_injects_pods(
+    setup: Setup, api: ControlPlane
+) -> None:
+    with webhook_at(api, setup.server, "127.0.0.1"):
+        answer = create_pod(api, injected)
+    assert injected(answer), answer.text
+    assert [c["name"] for c in answer.json()["spec"]["containers"]] == ["app", "log-app"]
+
+
+def test_an_api_server_without_a_certificate_for_the_webhook_is_refused_and_so_is_the_pod(
+    setup: Setup, api: ControlPlane
+) -> None:
+    # failurePolicy Fail: a pod that asked for a sidecar is not created without one.
+    refused_before = refusals_logged(setup.server)
+    with webhook_at(api, setup.server, "localhost"):
+        answer = create_pod(api, lambda a: a.status_code != 201)
+    assert answer.status_code == 500, answer.text
+    assert 'failed calling webhook "log-sidecar.sidecar.example"' in answer.json()["message"]
+    # The API server reads the 403's body as a Status it is not, so it says "unknown"; the server's log
+    # says why.
+    assert refusals_logged(setup.server) > refused_before
+
+
+def refusals_logged(server: RunningServer) -> int:
+    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    return sum(1 for line in lines if line.get("status") == 403 and line.get("decision") == "refused")
