@@ -8,6 +8,8 @@ A field is None when the object doesn't have it, which the patch needs to know: 
 array is added whole, a present one is appended to.
 """
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -42,12 +44,13 @@ class Container(_View):
 class Volume(_View):
     name: str
     # The sources whose files are API objects: a Secret's or a ConfigMap's data, the pod's own fields,
-    # ServiceAccount tokens (projected). Only whether one is there is read; what it holds is the API
-    # server's business.
-    secret: dict[str, object] | None = None
-    config_map: dict[str, object] | None = Field(None, alias="configMap")
-    projected: dict[str, object] | None = None
-    downward_api: dict[str, object] | None = Field(None, alias="downwardAPI")
+    # ServiceAccount tokens (projected). Only whether one is there is read, so they are Any: nothing of
+    # them is checked or copied (typed as dicts, they made reading a pod with two token volumes 2-3 µs
+    # slower, against 5.5 µs for the whole pod).
+    secret: Any = None
+    config_map: Any = Field(None, alias="configMap")
+    projected: Any = None
+    downward_api: Any = Field(None, alias="downwardAPI")
 
     @property
     def api_object_source(self) -> str | None:
