@@ -151,6 +151,10 @@ def annotated_pods(draw: st.DrawFn) -> dict[str, Any]:
         for kind in ("request", "limit"):
             if quantity := draw(st.sampled_from([None, None, *values])):
                 annotations[f"sidecar.example/{resource}-{kind}"] = quantity
+    return pod_with(annotations, spec)
+
+
+def pod_with(annotations: dict[str, str], spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -258,12 +262,7 @@ def pods_with_users(draw: st.DrawFn) -> dict[str, Any]:
         annotations["sidecar.example/containers"] = ",".join(
             draw(st.permutations(names))[: len(names) // 2 + 1]
         )
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "p", "annotations": annotations},
-        "spec": spec,
-    }
+    return pod_with(annotations, spec)
 
 
 @PROPERTY_RUN
@@ -398,12 +397,7 @@ def borrowing_pods(draw: st.DrawFn) -> dict[str, Any]:
         annotations["sidecar.example/containers"] = ",".join(
             draw(st.permutations("abc"))[: draw(st.integers(1, 3))]
         )
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "p", "annotations": annotations},
-        "spec": spec,
-    }
+    return pod_with(annotations, spec)
 
 
 @PROPERTY_RUN
