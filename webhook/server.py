@@ -43,10 +43,12 @@ class _Server(uvicorn.Server):
         cert_dir: Path,
         drain: float,
         keeper: "ClusterCertificates | None" = None,
+        client_ca_file: Path | None = None,
     ) -> None:
         super().__init__(config)
         self.state = state
         self.cert_dir = cert_dir
+        self.client_ca_file = client_ca_file
         self.drain = drain
         self.keeper = keeper
         self._exit_at: tuple[float, int] | None = None
@@ -60,7 +62,9 @@ class _Server(uvicorn.Server):
         else:
             self.state.ready = True
         self.config.load()
-        certificate = tls.ReloadingCertificate(self.cert_dir / tls.TLS_CERT, self.cert_dir / tls.TLS_KEY)
+        certificate = tls.ReloadingCertificate(
+            self.cert_dir / tls.TLS_CERT, self.cert_dir / tls.TLS_KEY, self.client_ca_file
+        )
         self.config.ssl = certificate.context
         tasks.append(asyncio.create_task(certificate.watch()))
         # What is alive now (modules, the app, its validators) lives as long as the process: frozen
@@ -132,7 +136,7 @@ def serve(settings: Settings) -> None:
         # The API server calls us directly: there is no proxy whose headers to trust or to parse.
         proxy_headers=False,
     )
-    _Server(config, state, settings.cert_dir, settings.shutdown_delay, keeper).run()
+    _Server(config, state, settings.cert_dir, settings.shutdown_delay, keeper, settings.client_ca_file).run()
 
 
 def _allow_all_file_descriptors() -> None:

@@ -125,12 +125,17 @@ def followed_file(command: Sequence[str] | None) -> str | None:
     return None
 
 
-def log_mount(volume: str, directory: str, sub_path: str, *, read_only: bool) -> dict[str, Any]:
+def log_mount(
+    volume: str, directory: str, sub_path: str, *, read_only: bool, recursive_read_only: str | None = None
+) -> dict[str, Any]:
     mount: dict[str, Any] = {"name": volume, "mountPath": directory}
     if sub_path:
         mount["subPath"] = sub_path
     if read_only:
         mount["readOnly"] = True
+        # Only on a read-only mount: the API server refuses it on a writable one.
+        if recursive_read_only:
+            mount["recursiveReadOnly"] = recursive_read_only
     return mount
 
 
