@@ -1,5 +1,7 @@
 """The engine's decisions, one rule of the annotation contract at a time."""
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -521,18 +523,32 @@ def test_json_pointer_segments_are_escaped() -> None:
 # --- sidecars of earlier versions
 
 
+EARLIER_SIDECARS: dict[str, list[str]] = json.loads(
+    (Path(__file__).parent / "fixtures" / "earlier-sidecars.json").read_text()
+)["commands"]
+
+
 @pytest.mark.parametrize("native", [False, True])
-def test_a_pod_injected_by_the_previous_version_gets_no_second_sidecar(
-    settings: Settings, native: bool
+@pytest.mark.parametrize("version", EARLIER_SIDECARS)
+def test_a_pod_injected_by_an_earlier_version_gets_no_second_sidecar(
+    settings: Settings, native: bool, version: str
 ) -> None:
-    """Before its sidecar trapped SIGTERM the webhook ran `tail -n +1 -F FILE` directly; such pods are
-    in clusters today and are admitted again (reinvocation, a ReplicaSet's template copied from one)."""
+    """Pods injected by earlier versions are in clusters today and are admitted again (reinvocation, a
+    ReplicaSet's template copied from one)."""
     pod = injected(
         make_pod({LOG_PATH: "/var/log/app.log"}, restartPolicy="Never" if native else "Always"), settings
     )
-    sidecar = container(pod, "log-app")
-    sidecar["command"] = ["tail", "-n", "+1", "-F", "/var/log/app.log"]
+    container(pod, "log-app")["command"] = EARLIER_SIDECARS[version]
     assert decide_pod(pod, settings) == Decision.allow("already-injected")
+
+
+def test_a_changed_copy_of_an_earlier_program_is_not_taken_for_a_sidecar(settings: Settings) -> None:
+    sh, dash_c, script, name, file = EARLIER_SIDECARS[
+        "sh around tail with a SIGTERM trap (7dddbb4 to f6dcd80)"
+    ]
+    own = {"name": "own", "command": [sh, dash_c, script + "touch /tmp/x\n", name, file]}
+    result = injected(make_pod({LOG_PATH: "/var/log/app.log"}, containers=[{"name": "app"}, own]), settings)
+    assert container(result, "log-app")["command"][-2] == "/var/log/app.log"
 
 
 def test_a_sidecar_is_recognised_by_its_command_whatever_its_image(settings: Settings) -> None:
