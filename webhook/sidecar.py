@@ -50,9 +50,9 @@ trap 'q=${q:-1}' TERM INT
 mkfifo "$s.t"
 [ -p "$s.t" ] && exec 5<>"$s.t"
 nap() { if [ -p "$s.t" ]; then read -t $1 z <&5; else sleep $1; fi; }
-at() { read -r z p <"/proc/self/fdinfo/$1"; }
-line1() { IFS= read -r -n 255 h <"/proc/self/fd/3"; }
-open() { command exec 3<"$f" && set -- $(stat -L -c '%i %s' "/proc/self/fd/3") && i=$1 z=$2 fp=; }
+at() { read -r z p </proc/self/fdinfo/$1; }
+line1() { IFS= read -r -n 255 h </proc/self/fd/3; }
+open() { command exec 3<"$f" && set -- $(stat -L -c '%i %s' /proc/self/fd/3) && i=$1 z=$2 fp=; }
 if [ -r "$f" ] && open && { read -r si sp && IFS= read -r sf; } <"$s" && [ "$si" = "$i" ] &&
   [ "$sp" -le "$z" ] && { [ -z "$sf" ] || { line1 && [ "$h" = "$sf" ]; }; }; then
   dd bs=1 skip="$sp" count=0 <&3
@@ -60,20 +60,21 @@ if [ -r "$f" ] && open && { read -r si sp && IFS= read -r sf; } <"$s" && [ "$si"
 fi
 while :; do
   m=
+  if [ -z "$i" ]; then [ -r "$f" ] && open
+  elif ! [ "$f" -ef /proc/self/fd/3 ] && [ -r "$f" ]; then
+    [ -n "$old" ] && cat <&4
+    exec 4<&3; old=1 n=0; open
+  fi
   if [ -n "$old" ]; then
     at 4; a=$p; cat <&4; at 4
     if [ "$p" != "$a" ]; then m=1 n=0; elif [ $((n += 1)) -ge 5 ]; then exec 4<&-; old=; fi
   fi
   if [ -n "$i" ]; then
-    [ -n "$fp" ] && ! { line1 && [ "$h" = "$fp" ]; } && exec 3<"/proc/self/fd/3" && fp=
+    [ -n "$fp" ] && ! { line1 && [ "$h" = "$fp" ]; } && exec 3</proc/self/fd/3 && fp=
     at 3; a=$p; cat <&3; at 3
     [ -z "$fp" ] && line1 && fp=$h
     [ "$p" != "$a" ] && m=1 && printf '%s %s\\n%s\\n' "$i" "$p" "$fp" >"$s"
-    if ! [ "$f" -ef "/proc/self/fd/3" ] && [ -r "$f" ]; then
-      [ -n "$old" ] && cat <&4
-      exec 4<&3; old=1 n=0; open
-    fi
-  elif [ -r "$f" ]; then open; fi
+  fi
   if [ -n "$q" ]; then { [ -z "$m" ] && [ $q -gt 1 ]; } || [ $q -gt 10 ] && exit 0; q=$((q + 1)); nap 0.5
   else nap 1; fi
 done

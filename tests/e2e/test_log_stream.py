@@ -7,14 +7,17 @@ Each app is a busybox script that runs its scenario on its own clock (its sleeps
 ends with `written N`; the pods run to completion, so their sidecars are native and stop after the app."""
 
 import gzip
+import json
 import os
+import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.cluster import MEASURED, apply, get, kubectl, wait_for
+from tests.e2e.cluster import MEASURED, ROOT, apply, get, kubectl, wait_for
 
 LOG_PATH = "sidecar.example/log-path"
 IMAGE = "busybox:1.37"
@@ -179,3 +182,24 @@ def test_a_job_ending_with_a_100_mb_burst_gets_every_line_at_the_default_resourc
     MEASURED["100 MB final burst: app start to sidecar exit, s"] = seconds_between(
         app["startedAt"], sidecar["finishedAt"]
     )
+
+
+def test_the_sidecar_benchmark_measures_both_programs(cluster: None, tmp_path: Path) -> None:
+    """bench/sidecar.py, briefly: it reports each figure for the previous program and the current one (the
+    figures are the benchmark's to judge, not the test's)."""
+    if not os.access(POD_LOGS, os.R_OK | os.X_OK):
+        pytest.skip(
+            f"the sidecar's benchmark reads the node's {POD_LOGS} (the kit's node runs here, as root)"
+        )
+    out = tmp_path / "sidecar.json"
+    args = ["--megabytes", "5", "--lines", "10", "--idle-seconds", "2", "--json", str(out)]
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.sidecar", *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    print(result.stdout)
+    assert result.returncode == 0, result.stderr
+    previous, current = json.loads(out.read_text())
+    assert (previous["program"], current["program"]) == ("previous", "current")
+    for figures in (previous, current):
+        assert figures["burst_mb"] > 4 and figures["drain_mb_per_s"] > 0 and figures["latency_p50_s"] > 0
+        assert figures["idle_rss_kib"] > 0
