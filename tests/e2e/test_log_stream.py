@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,39 @@ def test_a_job_ending_with_a_100_mb_burst_gets_every_line_at_the_default_resourc
     MEASURED["100 MB final burst: app start to sidecar exit, s"] = seconds_between(
         app["startedAt"], sidecar["finishedAt"]
     )
+
+
+def test_a_log_volume_over_its_size_gets_the_pod_evicted_naming_the_volume(namespace: str) -> None:
+    """sidecar.example/log-volume-size: 10Mi, and an app that writes 23 MB: the kubelet evicts the pod, as
+    docs/logs.md says."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "full",
+            "annotations": {LOG_PATH: "/var/log/app.log", "sidecar.example/log-volume-size": "10Mi"},
+        },
+        "spec": {
+            "containers": [
+                {
+                    "name": "app",
+                    "image": IMAGE,
+                    "command": ["sh", "-c", "seq 1 3000000 >> /var/log/app.log; sleep 3600"],
+                }
+            ]
+        },
+    }
+    apply(pod, namespace)
+    created = time.monotonic()
+
+    def evicted() -> dict[str, Any] | None:
+        status: dict[str, Any] = get("-n", namespace, "pod", "full")["status"]
+        return status if status.get("phase") == "Failed" else None
+
+    status = wait_for(evicted, "the eviction", timeout=180)
+    assert status["reason"] == "Evicted"
+    assert 'EmptyDir volume "sidecar-logs" exceeds the limit "10Mi"' in status["message"]
+    MEASURED["a log volume over its 10Mi: created to evicted, s"] = time.monotonic() - created
 
 
 def test_the_sidecar_benchmark_measures_both_programs(cluster: None, tmp_path: Path) -> None:
