@@ -1,11 +1,21 @@
-"""uvicorn's HTTP/1.1 protocol, with a deadline on each request's headers, one write per response, and
-no more TLS read-ahead than uvicorn's own 64 KiB of body.
+"""uvicorn's HTTP/1.1 protocol, with a deadline and a size cap on each request's headers, idle
+connections closed to make room for new ones, one write per response, and no more TLS read-ahead
+than uvicorn's own 64 KiB of body.
 
 Deadline: uvicorn closes idle keep-alive connections, but not one whose client connects and sends
 nothing, or sends its headers a byte at a time (slowloris): each would hold a connection, and its
 memory, for ever. As with Go's ReadHeaderTimeout, a request's headers must be complete within
 HEADER_TIMEOUT of the connection opening or of the request's first byte; otherwise the connection
-is closed.
+is closed. And they must fit in MAX_HEADER_BYTES: httptools keeps a header it has not seen the end
+of in memory, without a limit of its own (one client sent 256 MiB of header in 2 s); beyond the cap
+the answer is 431 and the connection is closed.
+
+Room for new connections: uvicorn answers 503 to every request while MAX_CONNECTIONS connections are
+open, idle ones included, so a client holding that many idle connections stopped all injection. As
+nginx does, a connection that opens at the limit closes the connection that has waited on its client
+the longest instead: idle (kept alive between requests, or not yet past its headers), or, for more
+than SLOW_BODY_SECONDS, still sending its body. Only a server whose connections are all busy with a
+request or one just sent answers 503.
 
 One write: uvicorn writes a response's headers and its body as they come, each its own TLS record
 and system call. Holding the writes of one turn of the event loop and sending them together, as
@@ -14,9 +24,13 @@ Go's buffered response writer does, makes a review one record and one call: 6,60
 """
 
 import asyncio
+import heapq
+import logging
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from webhook.admission import refuse
 
 # The API server sends a whole review at once; ten seconds is more than any of its calls may last.
 HEADER_TIMEOUT_SECONDS = 10.0
@@ -25,10 +39,30 @@ HEADER_TIMEOUT_SECONDS = 10.0
 # 64 KiB, 16 clients each sending a 1 MiB pod peak at 79 MiB instead of 82 (README, "Performance"),
 # for a tenth of those pods' throughput.
 TLS_READ_AHEAD_BYTES = 64 * 1024
+# The API server's call carries a few hundred bytes of headers (a bearer token, if its
+# AdmissionConfiguration gives one, adds a kilobyte or two). 32 KiB is nginx's default for all of a
+# request's headers (4 buffers of 8k) and twice what uvicorn's own h11 parser allows; at the worst,
+# every one of MAX_CONNECTIONS connections in the middle of its headers, it is 32 MiB in all.
+# Checked twice: on the headers once parsed (request line and fields, exactly), and, for headers
+# that don't end, on the reads that end with them still incomplete (so what one read brings beyond
+# the cap, at most a TLS read of 64 KiB, is in memory when it is refused).
+MAX_HEADER_BYTES = 32 * 1024
+# The API server sends a body right behind its headers, in milliseconds; a connection still sending
+# one after this long may be closed to make room (or it could hold a connection for the body's 10 s).
+SLOW_BODY_SECONDS = 1.0
+
+_log = logging.getLogger("sidecar_webhook.server")
+_HEADERS_TOO_LARGE = refuse(431, f"the request's headers are larger than {MAX_HEADER_BYTES} bytes").body
 
 
 class HttpProtocol(HttpToolsProtocol):
     _header_deadline: asyncio.TimerHandle | None = None
+    _header_bytes = 0
+    # Since when the connection has waited on its client: opened, or its last answer sent (idle), or
+    # its headers read (its body to come, `_in_body`); None while the server works on a whole request.
+    # Of those that may be closed to make room, the one waiting the longest goes first.
+    _waiting_since: float | None = None
+    _in_body = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         set_read_ahead = getattr(transport, "set_read_buffer_limits", None)
@@ -37,23 +71,75 @@ class HttpProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         # Everything uvicorn writes goes through self.transport; its flow control keeps the real one.
         self.transport = OneWritePerTurn(transport, self.loop)  # type: ignore[assignment]
+        self._waiting_since = self.loop.time()
+        self._make_room()
         self._arm()
 
     def data_received(self, data: bytes) -> None:
+        if self.transport.is_closing():
+            return  # refused or closed to make room: nothing more is read
         between_requests = self.cycle is None or self.cycle.response_complete
         if self._header_deadline is None and between_requests:
             self._arm()  # the first bytes of the next request on a kept-alive connection
+        reading_headers = self._header_deadline is not None
         super().data_received(data)
+        if reading_headers and self._header_deadline is not None:  # this whole read is headers so far
+            self._header_bytes += len(data)
+            if self._header_bytes > MAX_HEADER_BYTES:
+                self._headers_too_large()
 
     def on_headers_complete(self) -> None:
         self._disarm()
+        self._waiting_since, self._in_body = self.loop.time(), True
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > MAX_HEADER_BYTES:
+            self._headers_too_large(parsing=True)
+            return
         super().on_headers_complete()
+
+    # Refused in its headers, a request has no cycle: what the parser still finds of it goes nowhere.
+    def on_body(self, body: bytes) -> None:
+        if not self.transport.is_closing():
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._waiting_since, self._in_body = None, False
+        if not self.transport.is_closing():
+            super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and not self.pipeline:
+            self._waiting_since = self.loop.time()
+
+    def _make_room(self) -> None:
+        """At the connection limit, close the connections that have waited on their clients the
+        longest, so that this one counts below the limit (uvicorn answers 503 to every request at it)."""
+        limit = self.limit_concurrency
+        if limit is None or len(self.connections) < limit:
+            return
+        open_ = [c for c in self.connections if not c.transport.is_closing()]
+        slow_since = self.loop.time() - SLOW_BODY_SECONDS
+        waiting = [
+            c
+            for c in open_
+            if isinstance(c, HttpProtocol)
+            and c is not self
+            and c._waiting_since is not None
+            and (not c._in_body or c._waiting_since < slow_since)
+        ]
+        for connection in heapq.nsmallest(len(open_) - limit + 1, waiting, key=_waiting_order):
+            connection._waiting_since = None
+            connection.transport.close()
+            # No longer counted from now on, not from when the TLS close is done.
+            self.connections.discard(connection)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
 
     def _arm(self) -> None:
+        self._header_bytes = 0
         self._header_deadline = self.loop.call_later(HEADER_TIMEOUT_SECONDS, self._headers_too_slow)
 
     def _disarm(self) -> None:
@@ -65,6 +151,22 @@ class HttpProtocol(HttpToolsProtocol):
         self._header_deadline = None
         if not self.transport.is_closing():
             self.transport.close()
+
+    def _headers_too_large(self, parsing: bool = False) -> None:
+        """431 and close: what follows the cap cannot be told from the next request."""
+        self._disarm()
+        self.transport.write(
+            STATUS_LINE[431] + b"content-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (len(_HEADERS_TOO_LARGE), _HEADERS_TOO_LARGE)
+        )
+        self.transport.close()
+        if not parsing:  # the header so far lives in the parser: let it go now, not with the connection
+            self.parser = type(self.parser)(self)
+        _log.warning("closed a connection whose request headers exceeded %d bytes", MAX_HEADER_BYTES)
+
+
+def _waiting_order(connection: HttpProtocol) -> float:
+    return connection._waiting_since or 0.0
 
 
 class OneWritePerTurn:
