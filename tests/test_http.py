@@ -169,11 +169,13 @@ def test_health_and_readiness(client: httpx.Client) -> None:
     assert client.get("/readyz").json() == {"status": "ready"}
 
 
-def test_metrics_count_reviews_by_decision_and_reason_with_millisecond_buckets(client: httpx.Client) -> None:
+def test_metrics_count_reviews_by_decision_and_reason_with_millisecond_buckets(
+    server: RunningServer, client: httpx.Client
+) -> None:
     post_review(client, load_review("seed-pod"))
     post_review(client, load_review("bad-relative-path"))
     client.post("/mutate", content=b"nope", headers=JSON)
-    text = client.get("/metrics").text
+    text = server.metrics()
     samples = {
         line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()

@@ -1,22 +1,27 @@
 """Run the HTTPS service: certificates, uvicorn over TLS, limits, readiness and graceful shutdown."""
 
 import asyncio
+import functools
 import gc
 import logging
 import resource
 import socket
+import sys
 import time
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
+import uvloop
 
 from webhook import logs, tls
 from webhook.app import ServingState, create_app
-from webhook.metrics import Metrics
-from webhook.protocol import HttpProtocol
+from webhook.metrics import Metrics, metrics_endpoint
+from webhook.protocol import HEADER_TIMEOUT_SECONDS, HttpProtocol
 from webhook.settings import Settings
+
+Config = uvicorn.Config
 
 if TYPE_CHECKING:
     from webhook.cluster import ClusterCertificates
@@ -28,11 +33,30 @@ KEEP_ALIVE_SECONDS = 120
 # On SIGTERM: stop accepting, let requests in flight finish for up to this long, then exit;
 # below the Deployment's termination grace period.
 GRACEFUL_SHUTDOWN_SECONDS = 20
-# Beyond this many open connections new calls get 503 at once: a bound on the memory that clients
-# can make the server hold. The API servers of a cluster need a few dozen.
+# A bound on the memory that clients can make the server hold. The API servers of a cluster need a
+# few dozen. At the bound, a new connection closes the one idle the longest (webhook/protocol.py);
+# only when every one of them has a request in flight do new calls get 503.
 MAX_CONNECTIONS = 1000
+# uvloop gives a TLS handshake 60 s by default, and a connection in its handshake is not yet one
+# that uvicorn counts or closes. As Go's server does with ReadHeaderTimeout, the handshake gets the
+# headers' deadline; the API server's takes milliseconds.
+HANDSHAKE_TIMEOUT_SECONDS = HEADER_TIMEOUT_SECONDS
+# A closing TLS connection waits this long for the client's close_notify (uvloop: 30 s) before its
+# socket is let go: a client that never answers would keep it, and its buffers, that long.
+TLS_SHUTDOWN_TIMEOUT_SECONDS = 2.0
 
 _log = logging.getLogger("sidecar_webhook.server")
+
+
+class TlsDeadlineLoop(uvloop.Loop):
+    """uvloop's event loop, whose TLS servers cut off a handshake or a close that takes too long
+    (uvicorn creates its servers without either timeout)."""
+
+    async def create_server(self, *args: Any, **kwargs: Any) -> asyncio.AbstractServer:  # type: ignore[override]
+        if kwargs.get("ssl") is not None:
+            kwargs.setdefault("ssl_handshake_timeout", HANDSHAKE_TIMEOUT_SECONDS)
+            kwargs.setdefault("ssl_shutdown_timeout", TLS_SHUTDOWN_TIMEOUT_SECONDS)
+        return await super().create_server(*args, **kwargs)
 
 
 class _Server(uvicorn.Server):
@@ -43,13 +67,34 @@ class _Server(uvicorn.Server):
         cert_dir: Path,
         drain: float,
         keeper: "ClusterCertificates | None" = None,
+        metrics: Config | None = None,
     ) -> None:
         super().__init__(config)
         self.state = state
         self.cert_dir = cert_dir
         self.drain = drain
         self.keeper = keeper
+        self.metrics = metrics
         self._exit_at: tuple[float, int] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.metrics is None or self.should_exit:
+            return
+        # The same protocol, limits and connection count as the TLS port; uvicorn closes it with the
+        # servers it made, on shutdown.
+        protocol = functools.partial(
+            HttpProtocol, config=self.metrics, server_state=self.server_state, app_state={}
+        )
+        try:
+            listener = await asyncio.get_running_loop().create_server(
+                protocol, self.metrics.host, self.metrics.port, backlog=self.metrics.backlog
+            )
+        except OSError as error:
+            _log.error("cannot serve metrics on %s:%d: %s", self.metrics.host, self.metrics.port, error)
+            sys.exit(3)  # uvicorn's exit code when its own port cannot be had
+        self.servers.append(listener)
+        _log.info("metrics on http://%s:%d/metrics", self.metrics.host, self.metrics.port)
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         tasks = []
@@ -115,13 +160,21 @@ def serve(settings: Settings) -> None:
             ", ".join(pki.DEVELOPMENT_HOSTS),
             settings.cert_dir / tls.CA_CERT,
         )
-    config = uvicorn.Config(
+    config = _config(app, settings.host, settings.port, ssl_certfile=cert_file, ssl_keyfile=key_file)
+    metrics_config = None
+    if settings.metrics_port:
+        metrics_config = _config(metrics_endpoint(metrics), settings.host, settings.metrics_port)
+        metrics_config.load()
+    _Server(config, state, settings.cert_dir, settings.shutdown_delay, keeper, metrics_config).run()
+
+
+def _config(app: Any, host: str, port: int, **tls: Any) -> Config:
+    return uvicorn.Config(
         app,
-        host=settings.host,
-        port=settings.port,
+        host=host,
+        port=port,
         http=HttpProtocol,
-        ssl_certfile=cert_file,
-        ssl_keyfile=key_file,
+        loop=f"{__name__}:{TlsDeadlineLoop.__name__}",
         log_config=None,
         access_log=False,  # the app writes one structured line per review instead
         server_header=False,
@@ -131,8 +184,8 @@ def serve(settings: Settings) -> None:
         lifespan="off",
         # The API server calls us directly: there is no proxy whose headers to trust or to parse.
         proxy_headers=False,
+        **tls,
     )
-    _Server(config, state, settings.cert_dir, settings.shutdown_delay, keeper).run()
 
 
 def _allow_all_file_descriptors() -> None:
