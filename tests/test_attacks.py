@@ -29,7 +29,9 @@ from webhook.server import MAX_CONNECTIONS
 # server, no answer, and with failurePolicy Fail the pod is refused. The honest client's only deadline.
 API_SERVER_TIMEOUT_SECONDS = 5.0
 # The Deployment's memory limit is 256Mi and the server idles near 55 MiB: each attack must leave it
-# far from the limit, with room for the reviews it serves meanwhile.
+# far from the limit, with room for the reviews it serves meanwhile. The attacks run one after another
+# on one server, and the most costly, a thousand TLS connections held at once (about 70 KiB each, the
+# connection limit is what bounds them), peaks near 130 MiB.
 PEAK_MEMORY_MIB = 150
 # How long to wait for the server to act on a deadline of its own (10 s) before the test gives up: a
 # bound that makes the test end, not a timing it asserts.

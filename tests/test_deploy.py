@@ -284,6 +284,24 @@ def test_container_listens_where_the_service_forwards() -> None:
     assert int(env["SIDECAR_WEBHOOK_PORT"]) == container_port("https")
 
 
+def test_metrics_have_a_container_port_of_their_own_that_the_service_does_not_forward() -> None:
+    # Whoever reaches the webhook's Service reaches /mutate and the probes, not the metrics.
+    env = container_env()
+    metrics_port = container_port("metrics")
+    assert (
+        int(env["SIDECAR_WEBHOOK_METRICS_PORT"]) == metrics_port == Settings.model_validate({}).metrics_port
+    )
+    assert metrics_port != container_port("https")
+    forwarded = [container_port(port["targetPort"]) for port in deploy_objects()["Service"]["spec"]["ports"]]
+    assert metrics_port not in forwarded
+    scrape = deployment()["spec"]["template"]["metadata"]["annotations"]
+    assert scrape == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(metrics_port),
+        "prometheus.io/path": "/metrics",
+    }
+
+
 def test_service_links_are_off_so_they_cannot_override_the_port_setting() -> None:
     # The Service "sidecar-webhook" would inject SIDECAR_WEBHOOK_PORT=tcp://<ip>:443 into the pod.
     assert pod_spec()["enableServiceLinks"] is False
