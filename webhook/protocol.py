@@ -13,9 +13,9 @@ the answer is 431 and the connection is closed.
 Room for new connections: uvicorn answers 503 to every request while MAX_CONNECTIONS connections are
 open, idle ones included, so a client holding that many idle connections stopped all injection. As
 nginx does, a connection that opens at the limit closes the connection that has waited on its client
-the longest instead: idle (kept alive between requests, or not yet past its headers), or, for more
-than SLOW_BODY_SECONDS, still sending its body. Only a server whose connections are all busy with a
-request or one just sent answers 503.
+the longest instead, if that is more than CLOSABLE_AFTER_SECONDS: idle (kept alive between requests,
+or not yet past its headers), or still sending its body. Only a server whose connections are all busy
+with a request, or began to wait just now, answers 503.
 
 One write: uvicorn writes a response's headers and its body as they come, each its own TLS record
 and system call. Holding the writes of one turn of the event loop and sending them together, as
@@ -47,9 +47,16 @@ TLS_READ_AHEAD_BYTES = 64 * 1024
 # that don't end, on the reads that end with them still incomplete (so what one read brings beyond
 # the cap, at most a TLS read of 64 KiB, is in memory when it is refused).
 MAX_HEADER_BYTES = 32 * 1024
-# The API server sends a body right behind its headers, in milliseconds; a connection still sending
-# one after this long may be closed to make room (or it could hold a connection for the body's 10 s).
-SLOW_BODY_SECONDS = 1.0
+# A connection that has waited on its client this long, idle or in the middle of its body, may be
+# closed to make room. The API server sends a body right behind its headers, in milliseconds; and a
+# connection in use is idle between its calls for less than this, so it is not closed under a request
+# its client is sending at that moment (which would be lost). Whoever would keep the server full of
+# connections younger than this must open them faster than MAX_CONNECTIONS every half second.
+CLOSABLE_AFTER_SECONDS = 0.5
+# uvicorn answers 503 at its limit of connections or of requests in flight. Room is made this far
+# below it: the request of a connection closed to make room ends a turn or two of the event loop
+# later, and until then it still counts.
+HEADROOM = 32
 
 _log = logging.getLogger("sidecar_webhook.server")
 _HEADERS_TOO_LARGE = refuse(431, f"the request's headers are larger than {MAX_HEADER_BYTES} bytes").body
@@ -59,10 +66,9 @@ class HttpProtocol(HttpToolsProtocol):
     _header_deadline: asyncio.TimerHandle | None = None
     _header_bytes = 0
     # Since when the connection has waited on its client: opened, or its last answer sent (idle), or
-    # its headers read (its body to come, `_in_body`); None while the server works on a whole request.
-    # Of those that may be closed to make room, the one waiting the longest goes first.
+    # its headers read (its body to come); None while the server works on a whole request. Of those
+    # that may be closed to make room, the one waiting the longest goes first.
     _waiting_since: float | None = None
-    _in_body = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         set_read_ahead = getattr(transport, "set_read_buffer_limits", None)
@@ -83,18 +89,22 @@ class HttpProtocol(HttpToolsProtocol):
             self._arm()  # the first bytes of the next request on a kept-alive connection
         reading_headers = self._header_deadline is not None
         super().data_received(data)
-        if reading_headers and self._header_deadline is not None:  # this whole read is headers so far
+        # This whole read was headers so far (unless the parser refused them and closed already).
+        if reading_headers and self._header_deadline is not None and not self.transport.is_closing():
             self._header_bytes += len(data)
             if self._header_bytes > MAX_HEADER_BYTES:
                 self._headers_too_large()
 
     def on_headers_complete(self) -> None:
+        if self.transport.is_closing():
+            return  # a request behind one refused in the same read: nothing more is served
         self._disarm()
-        self._waiting_since, self._in_body = self.loop.time(), True
+        self._waiting_since = self.loop.time()
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         if size > MAX_HEADER_BYTES:
             self._headers_too_large(parsing=True)
             return
+        self._make_room()  # uvicorn counts the connections again for each request
         super().on_headers_complete()
 
     # Refused in its headers, a request has no cycle: what the parser still finds of it goes nowhere.
@@ -103,7 +113,7 @@ class HttpProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
-        self._waiting_since, self._in_body = None, False
+        self._waiting_since = None
         if not self.transport.is_closing():
             super().on_message_complete()
 
@@ -113,25 +123,28 @@ class HttpProtocol(HttpToolsProtocol):
             self._waiting_since = self.loop.time()
 
     def _make_room(self) -> None:
-        """At the connection limit, close the connections that have waited on their clients the
-        longest, so that this one counts below the limit (uvicorn answers 503 to every request at it)."""
-        limit = self.limit_concurrency
-        if limit is None or len(self.connections) < limit:
+        """Near the connection limit, close the connections that have waited on their clients the
+        longest, so that this one counts below it (uvicorn answers 503 to every request at it)."""
+        if self.limit_concurrency is None or len(self.connections) < self.limit_concurrency - HEADROOM:
             return
-        open_ = [c for c in self.connections if not c.transport.is_closing()]
-        slow_since = self.loop.time() - SLOW_BODY_SECONDS
+        limit = self.limit_concurrency - HEADROOM
+        # Closing connections count no more: uvicorn drops them only once lost, which a TLS close
+        # puts off until the client answers it, or for webhook/server.py's TLS_SHUTDOWN_TIMEOUT_SECONDS.
+        self.connections.difference_update([c for c in self.connections if c.transport.is_closing()])
+        excess = len(self.connections) - limit + 1
+        if excess <= 0:
+            return
+        since = self.loop.time() - CLOSABLE_AFTER_SECONDS
         waiting = [
             c
-            for c in open_
-            if isinstance(c, HttpProtocol)
-            and c is not self
-            and c._waiting_since is not None
-            and (not c._in_body or c._waiting_since < slow_since)
+            for c in self.connections
+            if isinstance(c, HttpProtocol) and c._waiting_since is not None and c._waiting_since < since
         ]
-        for connection in heapq.nsmallest(len(open_) - limit + 1, waiting, key=_waiting_order):
+        for connection in heapq.nsmallest(excess, waiting, key=_waiting_order):
             connection._waiting_since = None
-            connection.transport.close()
-            # No longer counted from now on, not from when the TLS close is done.
+            # At once, not by a TLS close that waits for a client that may never answer it: until
+            # then the connection holds its memory, and its request's task counts against the limit.
+            connection.transport.abort()
             self.connections.discard(connection)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -34,10 +34,12 @@ KEEP_ALIVE_SECONDS = 120
 # On SIGTERM: stop accepting, let requests in flight finish for up to this long, then exit;
 # below the Deployment's termination grace period.
 GRACEFUL_SHUTDOWN_SECONDS = 20
-# A bound on the memory that clients can make the server hold. The API servers of a cluster need a
-# few dozen. At the bound, a new connection closes the one idle the longest (webhook/protocol.py);
-# only when every one of them has a request in flight do new calls get 503.
-MAX_CONNECTIONS = 1000
+# A bound on the memory that clients can make the server hold: a TLS connection costs 50 to 60 KiB
+# (its TLS state and buffers; a request's task), so 1,100 of them took the server from 55 to 111 MiB
+# idle and to 121 MiB stalled in their bodies (tests/test_attacks.py). The API servers of a cluster
+# keep a few dozen. Near the bound, a new connection closes the one that has waited on its client the
+# longest (webhook/protocol.py); only when all have a request in flight do new calls get 503.
+MAX_CONNECTIONS = 500
 # uvloop gives a TLS handshake 60 s by default, and a connection in its handshake is not yet one
 # that uvicorn counts or closes. As Go's server does with ReadHeaderTimeout, the handshake gets the
 # headers' deadline; the API server's takes milliseconds.
