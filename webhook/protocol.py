@@ -42,7 +42,7 @@ TLS_READ_AHEAD_BYTES = 64 * 1024
 # The API server's call carries a few hundred bytes of headers (a bearer token, if its
 # AdmissionConfiguration gives one, adds a kilobyte or two). 32 KiB is nginx's default for all of a
 # request's headers (4 buffers of 8k) and twice what uvicorn's own h11 parser allows; at the worst,
-# every one of MAX_CONNECTIONS connections in the middle of its headers, it is 32 MiB in all.
+# every one of the 500 connections allowed in the middle of its headers, it is 16 MiB in all.
 # Checked twice: on the headers once parsed (request line and fields, exactly), and, for headers
 # that don't end, on the reads that end with them still incomplete (so what one read brings beyond
 # the cap, at most a TLS read of 64 KiB, is in memory when it is refused).
