@@ -29,7 +29,7 @@ DEFAULT_IMAGE=sidecar-webhook:dev # what deploy/deployment.yaml names
 IMAGE=${SIDECAR_WEBHOOK_IMAGE:-$DEFAULT_IMAGE}
 PROFILE=${MINIKUBE_PROFILE:-minikube}
 SEED_POD=tests/fixtures/manifests/01-seed-pod.yaml
-MIN_MINOR=30 # matchConditions on admission webhooks are GA since Kubernetes 1.30
+MIN_MINOR=30 # matchConditions on admission webhooks and ValidatingAdmissionPolicy are GA since 1.30
 
 die() { echo "install.sh: $*" >&2; exit 1; }
 step() { echo "==> $*"; }

@@ -118,16 +118,16 @@ class ControlPlane:
 
 
 @contextmanager
-def control_plane() -> Iterator[ControlPlane]:
-    """etcd and kube-apiserver on free loopback ports, ready, with the `default` ServiceAccount; stopped
-    (only these two processes) and their directory removed afterwards."""
+def control_plane(*apiserver_flags: str) -> Iterator[ControlPlane]:
+    """etcd and kube-apiserver (with `apiserver_flags` too) on free loopback ports, ready, with the
+    `default` ServiceAccount; stopped (only these two processes) and their directory removed afterwards."""
     binaries = assets()
     with tempfile.TemporaryDirectory(prefix="sidecar-webhook-api-") as name, ExitStack() as running:
         state = Path(name)
         token = _write_credentials(state)
         for attempt in range(1, START_ATTEMPTS + 1):
             try:
-                api = running.enter_context(_started(binaries, state, token, attempt))
+                api = running.enter_context(_started(binaries, state, token, attempt, apiserver_flags))
                 break
             except PortTaken:
                 if attempt == START_ATTEMPTS:
@@ -156,7 +156,9 @@ def _write_credentials(state: Path) -> str:
 
 
 @contextmanager
-def _started(binaries: Path, state: Path, token: str, attempt: int) -> Iterator[ControlPlane]:
+def _started(
+    binaries: Path, state: Path, token: str, attempt: int, flags: tuple[str, ...] = ()
+) -> Iterator[ControlPlane]:
     etcd_port, peer_port, port = free_ports(3)
     logs = state / "logs"
     logs.mkdir(exist_ok=True)
@@ -185,6 +187,7 @@ def _started(binaries: Path, state: Path, token: str, attempt: int) -> Iterator[
             *("--service-account-key-file", str(state / "sa.pub")),
             *("--service-cluster-ip-range", SERVICE_CIDR),
             # The default admission plugins run, MutatingAdmissionWebhook and ServiceAccount among them.
+            *flags,
         )
         processes.callback(stop_process, apiserver)
         api = ControlPlane(state, _write_kubeconfig(state, port, token), binaries / "kubectl")

@@ -107,13 +107,36 @@ def test_a_serving_certificate_never_outlives_its_ca_and_is_not_reissued_for_not
     assert [what for what, _ in again.changes] == []
 
 
-def test_the_bundle_written_keeps_a_ca_newer_than_any_this_replica_knows() -> None:
-    # This replica read the Secret a moment before another replica added the next CA.
+# Changed by design (issue 18): a CA newer than any this replica knows used to stay in the caBundle, so a
+# CA anyone wrote there stayed trusted for good. A replica whose Secret is a moment old now reads the
+# Secret again before dropping a CA (webhook/cluster.py), which tests/test_rights.py runs.
+def test_a_ca_the_secret_does_not_hold_is_foreign_however_new() -> None:
     material = start()
-    newer = pki.create_ca("next", VALIDITY.ca, START + DAY)
-    older = pki.create_ca("unknown and older", VALIDITY.ca, START - DAY)
-    published = [material.ca.cert, newer.cert, older.cert]
-    assert cluster_certs.bundle_to_write(material, published, START + DAY) == [material.ca.cert, newer.cert]
+    newer = pki.create_ca("sidecar-webhook CA", VALIDITY.ca, START + DAY)
+    older = pki.create_ca("sidecar-webhook CA", VALIDITY.ca, START - DAY)
+    present = [material.ca.cert, newer.cert, older.cert, newer.cert]
+    assert cluster_certs.foreign(material, present) == [newer.cert, older.cert]
+    assert cluster_certs.foreign(material, [material.ca.cert]) == []
+
+
+def test_every_ca_of_a_rotation_is_the_webhooks_own() -> None:
+    material = start()
+    renewal = START + VALIDITY.ca - VALIDITY.ca_renew_before
+    added = advance(material, renewal, published=[material.ca.cert]).material
+    switched = advance(added, renewal, published=added.bundle()).material
+    assert len(switched.bundle()) == 2, "the new CA signs, the old one is retired"
+    for state in (material, added, switched):
+        assert cluster_certs.foreign(state, state.bundle()) == []
+        assert cluster_certs.foreign(state, material.bundle() + state.bundle()) == []
+
+
+def test_the_cas_there_at_the_first_start_are_kept_until_they_leave_then_foreign() -> None:
+    # The upgrade path: a CA the caBundle held when the Secret was empty is recorded in it, as retired.
+    old = pki.create_ca("old", 3650 * DAY, START)
+    material = cluster_certs.fresh(HOSTS, VALIDITY, [old.cert], START).material
+    assert cluster_certs.foreign(material, [material.ca.cert, old.cert]) == []
+    later = advance(material, START + VALIDITY.serving + timedelta(seconds=1)).material
+    assert cluster_certs.foreign(later, [later.ca.cert, old.cert]) == [old.cert]
 
 
 def test_the_secret_data_round_trips_and_corrupt_data_reads_as_none() -> None:

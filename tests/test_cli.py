@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from tests.kube import ADMISSION
 from tests.server import RunningServer
@@ -87,6 +88,51 @@ def test_flags_win_over_environment_which_wins_over_defaults(monkeypatch: pytest
 def test_settings_are_frozen() -> None:
     with pytest.raises(Exception, match="frozen"):
         Settings().port = 1  # type: ignore[misc]
+
+
+def test_a_client_ca_file_that_does_not_exist_stops_the_server_before_it_listens(tmp_path: Path) -> None:
+    printed = sidecar_webhook("serve", "--client-ca-file", str(tmp_path / "missing.crt"), "--port", "1")
+    assert printed.returncode == 2
+    assert b"client_ca_file" in printed.stderr and b"does not point to a file" in printed.stderr
+
+
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+
+
+def test_the_default_sidecar_image_is_named_with_its_registry() -> None:
+    assert Settings().sidecar_image == "docker.io/library/busybox:1.37"
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "docker.io/library/busybox:1.37",
+        f"docker.io/library/busybox:1.37@{DIGEST}",
+        f"docker.io/library/busybox@{DIGEST}",
+        "registry.example.com:5000/team/log_tools/busy-box:v1.2.3-rc.1",
+        "busybox:1.37",  # short names still run, as before: completed by each node's runtime
+    ],
+)
+def test_the_sidecar_image_setting_takes_references_tagged_or_pinned_by_digest(image: str) -> None:
+    assert Settings(sidecar_image=image).sidecar_image == image
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "",
+        "docker.io/library/BusyBox:1.37",
+        "busybox:1.37 ",
+        "busybox:1.37@sha256:abc",
+        f"busybox:1.37@md5:{'0' * 32}",
+        "busybox:-1",
+        "docker.io//busybox",
+        "a/" * 130 + "b",
+    ],
+)
+def test_the_sidecar_image_setting_refuses_what_is_not_an_image_reference(image: str) -> None:
+    with pytest.raises(ValidationError, match="sidecar_image"):
+        Settings(sidecar_image=image)
 
 
 def test_review_into_a_closed_pipe_stops_quietly() -> None:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.apiserver import ROOT, ControlPlane, control_plane
 from tests.server import RunningServer, free_port, start_server, stop_server, wait_until_ready
-from webhook import sidecar
+from webhook import cluster_certs, pki, sidecar
 
 DEPLOY = ROOT / "deploy" / "base"
 NAMESPACE = "sidecar-webhook"
@@ -170,14 +171,22 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     work = tmp_path_factory.mktemp("cluster")
     with ExitStack() as stack:
         api = stack.enter_context(control_plane())
-        for name in ("namespace.yaml", "serviceaccount.yaml", "rbac.yaml"):
+        # What deploy/ installs for the webhook's account: its empty Secret, its rights, and the guard
+        # that lets it change only the caBundle, which every rotation below then writes through.
+        for name in (
+            "namespace.yaml",
+            "serviceaccount.yaml",
+            "secret.yaml",
+            "rbac.yaml",
+            "validatingadmissionpolicy.yaml",
+        ):
             api.kubectl("apply", "-f", str(DEPLOY / name))
         token = api.kubectl("create", "token", "sidecar-webhook", "-n", NAMESPACE, "--duration", "2h").strip()
         kubeconfig = api.kubeconfig_for(token, work / "webhook-kubeconfig")
         ports = [free_port(), free_port()]
         configuration = configuration_for(ports)
         api.kubectl("apply", "-f", "-", input=json.dumps(configuration))
-        # Both replicas at once, against a namespace without the Secret: they race to create it.
+        # Both replicas at once, against the empty Secret deploy/ ships: they race to fill it.
         servers = [start_replica(work, port, kubeconfig) for port in ports]
         for server in servers:
             stack.callback(stop_server, server)
@@ -248,6 +257,32 @@ def test_configuration_applied_again_without_ca_bundle_is_repaired_within_the_in
 def _creates_injected(client: httpx.Client) -> bool:
     response = client.post("/api/v1/namespaces/default/pods", json=_pod("probe-"))
     return response.status_code == 201 and injected(response.json())
+
+
+def test_a_ca_the_webhook_did_not_make_is_dropped_from_the_bundle_within_the_interval(
+    cluster: Cluster,
+) -> None:
+    # Newer than the webhook's own CA and named like it: such a CA used to stay in the caBundle for good.
+    (ours,) = x509.load_pem_x509_certificates(cluster.secret()["ca.crt"])
+    foreign = pki.create_ca(cluster_certs.CA_COMMON_NAME, timedelta(days=1)).cert
+    bundle = base64.b64encode((_pem(ours) + _pem(foreign)).encode()).decode()
+    patch = [
+        {"op": "replace", "path": f"/webhooks/{index}/clientConfig/caBundle", "value": bundle}
+        for index in range(len(cluster.configuration["webhooks"]))
+    ]
+    cluster.api.kubectl(
+        "patch", "mutatingwebhookconfiguration", CONFIGURATION, "--type=json", "-p", json.dumps(patch)
+    )
+    assert all(foreign in b for b in cluster.bundles()), "the admin's patch did not add the CA"
+    cluster.wait_for(
+        "the foreign CA is dropped from every webhook",
+        lambda: cluster.bundles() == [[ours], [ours]],
+        CHECK_INTERVAL + 5,
+    )
+    dropped = f"dropping the CA {cluster_certs.serial(foreign)}"
+    assert any(dropped in s.log() for s in cluster.servers)
+    for server in cluster.servers:
+        assert _ready(server)
 
 
 def test_a_removed_permission_is_logged_by_name_and_the_server_keeps_serving(cluster: Cluster) -> None:

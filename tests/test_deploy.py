@@ -147,10 +147,24 @@ def test_deploy_holds_each_object_of_the_install_once_with_its_name() -> None:
             "RoleBinding",
             "ClusterRole",
             "ClusterRoleBinding",
+            "Secret",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
+            "ResourceQuota",
         ]
     )
-    assert {obj["metadata"]["name"] for obj in objects.values()} == {NAMESPACE}
-    cluster_scoped = {"Namespace", "MutatingWebhookConfiguration", "ClusterRole", "ClusterRoleBinding"}
+    names = {kind: obj["metadata"]["name"] for kind, obj in objects.items()}
+    # The Secret is named as the server looks for it; everything else after the webhook.
+    assert names.pop("Secret") == Settings.model_validate({}).secret_name
+    assert set(names.values()) == {NAMESPACE}
+    cluster_scoped = {
+        "Namespace",
+        "MutatingWebhookConfiguration",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    }
     for kind, obj in objects.items():
         assert obj["metadata"].get("namespace") == (None if kind in cluster_scoped else NAMESPACE), kind
 
@@ -168,6 +182,16 @@ def test_webhook_configuration_file_is_one_configuration_without_ca_bundle() -> 
 def kustomization() -> dict[str, Any]:
     (document,) = load_documents(BASE / "kustomization.yaml")
     return dict(document)
+
+
+def rendered_install() -> dict[str, dict[str, Any]]:
+    """The objects `kubectl apply -k deploy/` applies, by kind and name."""
+    return kustomized(DEPLOY)
+
+
+def test_the_install_renders_every_object_of_the_base() -> None:
+    names = {f"{kind}/{obj['metadata']['name']}" for kind, obj in deploy_objects().items()}
+    assert set(rendered_install()) == names
 
 
 def test_deploy_installs_the_base() -> None:
@@ -205,20 +229,37 @@ def kubectl() -> str:
     return found
 
 
-@functools.cache
 def rendered(overlay: str) -> dict[str, dict[str, Any]]:
     """The objects `kubectl apply -k deploy/overlays/OVERLAY` would apply, by kind and name."""
+    return kustomized(OVERLAYS / overlay)
+
+
+@functools.cache
+def kustomized(directory: Path) -> dict[str, dict[str, Any]]:
     result = subprocess.run(
-        [kubectl(), "kustomize", str(OVERLAYS / overlay)], capture_output=True, text=True, check=False
+        [kubectl(), "kustomize", str(directory)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
     return {f"{d['kind']}/{d['metadata']['name']}": d for d in yaml.safe_load_all(result.stdout) if d}
 
 
+# What only the in-cluster certificate mode needs: its Secret, its rights, and the guard on them.
+IN_CLUSTER_MODE = {
+    "Secret",
+    "Role",
+    "RoleBinding",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+}
+
+
 def test_bring_your_own_certs_serves_the_tls_secret_in_the_file_mode_with_no_token_and_no_rbac() -> None:
     objects = rendered("bring-your-own-certs")
-    rbac = {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
-    assert sorted(objects) == sorted(f"{kind}/{NAMESPACE}" for kind in set(deploy_objects()) - rbac)
+    assert sorted(objects) == sorted(
+        f"{kind}/{NAMESPACE}" for kind in set(deploy_objects()) - IN_CLUSTER_MODE
+    )
     for obj in objects.values():
         assert kubernetes_validate.validate(obj, KUBERNETES_VERSIONS[-1], strict=True)
     spec = objects[f"Deployment/{NAMESPACE}"]["spec"]["template"]["spec"]
@@ -251,6 +292,41 @@ def test_cert_manager_overlay_injects_the_ca_of_the_certificate_the_webhook_moun
     issuer = objects[f"Issuer/{certificate['spec']['issuerRef']['name']}"]
     ca = objects[f"Certificate/{issuer['metadata']['name']}"]
     assert ca["spec"]["isCA"] is True and issuer["spec"]["ca"]["secretName"] == ca["spec"]["secretName"]
+
+
+# --- Overlay: the NetworkPolicy ---------------------------------------------------------------------------
+
+
+def network_policy() -> dict[str, Any]:
+    policy: dict[str, Any] = rendered("network-policy")[f"NetworkPolicy/{NAMESPACE}"]
+    return policy
+
+
+def test_network_policy_overlay_is_the_install_plus_a_valid_network_policy() -> None:
+    objects = rendered("network-policy")
+    assert sorted(objects) == sorted([*rendered_install(), f"NetworkPolicy/{NAMESPACE}"])
+    for version in KUBERNETES_VERSIONS:
+        assert kubernetes_validate.validate(network_policy(), version, strict=True) == version
+
+
+def test_network_policy_holds_the_webhook_pods_and_admits_only_the_tls_port() -> None:
+    spec = network_policy()["spec"]
+    assert selector_matches(spec["podSelector"], deployment()["spec"]["template"]["metadata"]["labels"])
+    assert spec["policyTypes"] == ["Ingress"]
+    # One rule: the TLS port (the metrics port's rule names the Prometheus namespace: left to the
+    # reader, as the file says).
+    (rule,) = spec["ingress"]
+    assert [container_port(port["port"]) for port in rule["ports"]] == [8443]
+    assert all(port["protocol"] == "TCP" for port in rule["ports"])
+    assert "METRICS PORT" in (OVERLAYS / "network-policy" / "networkpolicy.yaml").read_text()
+
+
+def test_network_policy_keeps_the_pod_network_out_by_default() -> None:
+    (rule,) = network_policy()["spec"]["ingress"]
+    (source,) = rule["from"]
+    # Every address but the pod network: the API server and the nodes, not a tenant's pod. No pod or
+    # namespace selector: either would admit pods.
+    assert source == {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.244.0.0/16"]}}
 
 
 # --- Deployment, Service and webhook agree ------------------------------------------------------------
@@ -344,11 +420,12 @@ def test_settings_defaults_name_the_objects_of_deploy() -> None:
     defaults = Settings.model_validate({})
     service = deploy_objects()["Service"]["metadata"]
     configuration = deploy_objects()["MutatingWebhookConfiguration"]["metadata"]
-    (secret_rule, _) = deploy_objects()["Role"]["rules"]
+    (secret_rule,) = deploy_objects()["Role"]["rules"]
     assert defaults.service_name == service["name"]
     assert defaults.service_namespace == defaults.secret_namespace == service["namespace"]
     assert defaults.webhook_configuration == configuration["name"]
     assert secret_rule["resourceNames"] == [defaults.secret_name]
+    assert deploy_objects()["Secret"]["metadata"]["name"] == defaults.secret_name
 
 
 @pytest.mark.parametrize(("probe", "path"), [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")])
@@ -403,7 +480,10 @@ def test_only_the_webhook_container_gets_an_api_token() -> None:
 # --- RBAC: exactly what the in-cluster certificate mode needs -------------------------------------------
 
 
-def test_role_allows_get_and_update_of_the_one_secret_and_create_of_secrets() -> None:
+# Changed by design (issue 18): `create` on Secrets, which RBAC cannot limit by name, let the account
+# create any Secret in its namespace (a ServiceAccount token Secret among them); deploy/ now ships the
+# Secret empty and the webhook fills it.
+def test_role_allows_get_and_update_of_the_one_secret_and_nothing_else() -> None:
     role = deploy_objects()["Role"]
     assert role["rules"] == [
         {
@@ -412,10 +492,16 @@ def test_role_allows_get_and_update_of_the_one_secret_and_create_of_secrets() ->
             "resourceNames": ["sidecar-webhook-certs"],
             "verbs": ["get", "update"],
         },
-        # create cannot be limited by resourceNames; rbac.yaml says so.
-        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
     ]
-    assert "cannot be limited by resourceNames" in (BASE / "rbac.yaml").read_text()
+    assert "cannot limit by name" in (BASE / "rbac.yaml").read_text()
+
+
+def test_deploy_ships_the_secret_empty_and_of_the_type_the_server_keeps() -> None:
+    # Opaque: the type cannot change once created, and kubernetes.io/tls refuses a Secret without tls.crt.
+    # No data: applying deploy/ again leaves what the webhook wrote, since kubectl never owned it.
+    secret = deploy_objects()["Secret"]
+    assert secret["type"] == "Opaque"
+    assert set(secret) == {"apiVersion", "kind", "metadata", "type"}
 
 
 def test_cluster_role_allows_get_and_patch_of_the_one_webhook_configuration() -> None:
@@ -469,10 +555,105 @@ def test_termination_grace_outlasts_the_prestop_sleep_and_the_server_shutdown() 
     assert pod_spec()["terminationGracePeriodSeconds"] > sleep + GRACEFUL_SHUTDOWN_SECONDS
 
 
+def test_webhook_pods_have_the_priority_of_cluster_critical_pods_under_a_quota_that_admits_them() -> None:
+    # As Gatekeeper: system-cluster-critical, with a quota for the class in the webhook's namespace, which
+    # clusters limiting the class outside kube-system need.
+    assert pod_spec()["priorityClassName"] == "system-cluster-critical"
+    quota = deploy_objects()["ResourceQuota"]["spec"]
+    assert quota["scopeSelector"]["matchExpressions"] == [
+        {"scopeName": "PriorityClass", "operator": "In", "values": [pod_spec()["priorityClassName"]]}
+    ]
+    strategy = deployment()["spec"]["strategy"]["rollingUpdate"]
+    assert int(quota["hard"]["pods"]) >= deployment()["spec"]["replicas"] + strategy["maxSurge"]
+
+
 def test_replicas_spread_over_nodes_but_still_schedule_on_a_single_node() -> None:
     (constraint,) = pod_spec()["topologySpreadConstraints"]
     assert constraint["topologyKey"] == "kubernetes.io/hostname"
     assert constraint["whenUnsatisfiable"] == "ScheduleAnyway"
+
+
+# --- The guard: the webhook's account may change the caBundle alone ------------------------------------
+
+SERVICE_ACCOUNT = f"system:serviceaccount:{NAMESPACE}:{NAMESPACE}"
+
+
+def policy() -> dict[str, Any]:
+    found: dict[str, Any] = deploy_objects()["ValidatingAdmissionPolicy"]
+    return found
+
+
+def policy_expressions() -> str:
+    return "\n".join(v["expression"] for v in policy()["spec"]["validations"])
+
+
+def schema_properties(definition: str) -> set[str]:
+    """The fields of an object of the newest Kubernetes API schema that kubernetes-validate ships."""
+    version = kubernetes_validate.latest_version()
+    directory = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
+    schema = json.loads((directory / f"v{version}-local-strict" / "_definitions.json").read_text())
+    return set(schema["$defs"][f"io.k8s.api.admissionregistration.v1.{definition}"]["properties"])
+
+
+def test_policy_guards_the_webhook_configuration_of_deploy_for_every_operation_and_fails_closed() -> None:
+    spec = policy()["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    (rule,) = spec["matchConstraints"]["resourceRules"]
+    configuration = deploy_objects()["MutatingWebhookConfiguration"]["metadata"]["name"]
+    assert rule == {
+        "apiGroups": ["admissionregistration.k8s.io"],
+        "apiVersions": ["*"],
+        "operations": ["*"],
+        "resources": ["mutatingwebhookconfigurations"],
+        "resourceNames": [configuration],
+    }
+    binding = deploy_objects()["ValidatingAdmissionPolicyBinding"]["spec"]
+    assert binding == {"policyName": policy()["metadata"]["name"], "validationActions": ["Deny"]}
+
+
+def test_policy_compares_every_field_of_a_webhook_but_the_ca_bundle() -> None:
+    # A field that a later Kubernetes adds to the webhook would be left open: the newest schema's fields
+    # must each be compared (name matches the pairs; clientConfig by its own fields).
+    text = policy_expressions()
+    compared = set(re.findall(r"\bw\.\?(\w+) == o\.\?\1\b", text))
+    assert compared == schema_properties("MutatingWebhook") - {"name", "clientConfig"}
+    client_config = set(re.findall(r"\bw\.clientConfig\.\?(\w+) == o\.clientConfig\.\?\1\b", text))
+    assert client_config == schema_properties("WebhookClientConfig") - {"caBundle"}
+    assert "o.name == w.name" in text
+    assert "caBundle" not in text
+
+
+@functools.cache
+def policy_match_condition() -> celpy.Runner:
+    (condition,) = policy()["spec"]["matchConditions"]
+    environment = celpy.Environment()
+    return environment.program(environment.compile(condition["expression"]))
+
+
+@pytest.mark.parametrize(
+    ("username", "guarded"),
+    [
+        (SERVICE_ACCOUNT, True),
+        # kustomize may move the account to another namespace; the guard follows it.
+        ("system:serviceaccount:platform:sidecar-webhook", True),
+        (f"system:serviceaccount:{NAMESPACE}:default", False),
+        ("system:serviceaccount:other:not-sidecar-webhook", False),
+        ("sidecar-webhook", False),
+        ("kubernetes-admin", False),
+        ("system:serviceaccount:cert-manager:cert-manager-cainjector", False),
+    ],
+)
+def test_policy_applies_to_the_webhook_account_alone(username: str, guarded: bool) -> None:
+    request = {"userInfo": {"username": username}}
+    result = policy_match_condition().evaluate({"request": celpy.json_to_cel(request)})
+    assert result == celpy.celtypes.BoolType(guarded)
+
+
+def test_the_account_has_no_right_on_the_guard() -> None:
+    # Only RBAC on admission policies, which a cluster admin holds, can remove or change the guard.
+    rules = [*deploy_objects()["Role"]["rules"], *deploy_objects()["ClusterRole"]["rules"]]
+    assert all("validatingadmissionpolic" not in r for rule in rules for r in rule["resources"])
+    assert all(rule["resourceNames"] for rule in rules), "every right names its object"
 
 
 # --- The webhook configuration ------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """The engine's decisions, one rule of the annotation contract at a time."""
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -213,6 +215,7 @@ def test_each_distinct_directory_gets_one_volume_mounted_in_every_app_container(
     assert [v["name"] for v in pod["spec"]["volumes"]] == [
         "sidecar-logs",
         "sidecar-logs-2",
+        "sidecar-state",
         "sidecar-no-token",
     ]
     for app in ("a", "b"):
@@ -280,13 +283,15 @@ def test_names_already_used_in_the_pod_get_a_number(settings: Settings) -> None:
         containers=[{"name": "app"}, {"name": "log-app"}],
         initContainers=[{"name": "log-app-2"}],
         ephemeralContainers=[{"name": "log-app-3"}],
-        volumes=[{"name": "sidecar-logs", "emptyDir": {}}],
+        volumes=[{"name": "sidecar-logs", "emptyDir": {}}, {"name": "sidecar-state", "emptyDir": {}}],
     )
     result = injected(pod, settings)
     assert result["spec"]["containers"][-1]["name"] == "log-app-4"
     assert [v["name"] for v in result["spec"]["volumes"]] == [
         "sidecar-logs",
+        "sidecar-state",
         "sidecar-logs-2",
+        "sidecar-state-2",
         "sidecar-no-token",
     ]
 
@@ -330,7 +335,7 @@ def test_existing_mount_at_the_log_directory_is_reused_not_duplicated(settings: 
         "subPath": "logs",
         "readOnly": True,
     }
-    assert [v["name"] for v in result["spec"]["volumes"]] == ["data", "sidecar-no-token"]
+    assert [v["name"] for v in result["spec"]["volumes"]] == ["data", "sidecar-state", "sidecar-no-token"]
 
 
 def test_mount_at_a_parent_directory_is_reused_through_a_subpath(settings: Settings) -> None:
@@ -350,10 +355,135 @@ def test_mount_at_a_parent_directory_is_reused_through_a_subpath(settings: Setti
     assert container(result, "app")["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]
 
 
+# --- what the pod may borrow: a reused volume is reached no more widely than the pod reaches it
+
+
+def borrowing(*mounts: dict[str, Any] | None, volume: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A pod whose containers a, b, ... mount volume `data` as given (None: not at all), logging in /data."""
+    return make_pod(
+        {LOG_PATH: "/data/app.log"},
+        containers=[
+            {"name": name, "image": "alpine", **({"volumeMounts": [mount]} if mount else {})}
+            for name, mount in zip("abc", mounts, strict=False)
+        ],
+        volumes=[volume or {"name": "data", "hostPath": {"path": "/srv/data"}}],
+    )
+
+
+def test_a_target_without_the_mount_gets_it_read_only_where_the_others_have_it_read_only(
+    settings: Settings,
+) -> None:
+    # The security review's case: a read-only hostPath /data in a became a writable /data in b.
+    read_only = {"name": "data", "mountPath": "/data", "readOnly": True}
+    result = injected(borrowing(read_only, None), settings)
+    assert container(result, "b")["volumeMounts"] == [read_only]
+    assert container(result, "log-app")["volumeMounts"][0] == read_only
+
+
+def test_recursive_read_only_is_carried_to_every_mount_the_webhook_adds(settings: Settings) -> None:
+    mount = {"name": "data", "mountPath": "/srv", "readOnly": True, "recursiveReadOnly": "Enabled"}
+    result = injected(
+        make_pod(
+            {LOG_PATH: "/srv/logs/app.log"},
+            containers=[{"name": "a", "volumeMounts": [mount]}, {"name": "b"}],
+            volumes=[{"name": "data", "hostPath": {"path": "/srv"}}],
+        ),
+        settings,
+    )
+    expected = {**mount, "mountPath": "/srv/logs", "subPath": "logs"}
+    assert container(result, "b")["volumeMounts"] == [expected]
+    assert container(result, "log-app")["volumeMounts"][0] == expected
+
+
+def test_recursive_read_only_disabled_is_left_unsaid_as_kubernetes_reads_it_alike(settings: Settings) -> None:
+    mount = {"name": "data", "mountPath": "/data", "readOnly": True, "recursiveReadOnly": "Disabled"}
+    result = injected(borrowing(mount, None), settings)
+    assert container(result, "b")["volumeMounts"] == [
+        {"name": "data", "mountPath": "/data", "readOnly": True}
+    ]
+
+
+def test_a_target_without_the_mount_gets_it_writable_where_the_others_write(settings: Settings) -> None:
+    writable = {"name": "data", "mountPath": "/data", "readOnly": False}
+    result = injected(borrowing(writable, None), settings)
+    assert container(result, "b")["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]
+    assert container(result, "log-app")["volumeMounts"][0] == {**writable, "readOnly": True}
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "says"),
+    [
+        ({"readOnly": True}, {}, "container 'a' mounts it read-only; container 'b' mounts it writable"),
+        (
+            {"readOnly": True, "recursiveReadOnly": "Enabled"},
+            {"readOnly": True},
+            "container 'a' mounts it read-only, recursiveReadOnly Enabled; container 'b' mounts it read-only",
+        ),
+    ],
+)
+def test_targets_that_mount_the_log_directory_with_different_access_are_denied_when_another_lacks_it(
+    first: dict[str, Any], second: dict[str, Any], says: str, settings: Settings
+) -> None:
+    at = {"name": "data", "mountPath": "/data"}
+    message = denial(borrowing({**at, **first}, {**at, **second}, None), settings)
+    assert message.startswith('annotation sidecar.example/log-path: "/data/app.log" has its directory /data')
+    assert f"different access ({says})" in message
+    assert "cannot tell which to give 'c'" in message
+    assert "expected the target containers to mount the log directory alike" in message
+
+
+def test_targets_with_different_access_that_all_have_the_mount_share_it_and_the_sidecar_reads_strictest(
+    settings: Settings,
+) -> None:
+    # A writer and a reader of one volume: nothing is added to either, so nothing is to choose for them.
+    writer = {"name": "data", "mountPath": "/data"}
+    reader = {**writer, "readOnly": True, "recursiveReadOnly": "IfPossible"}
+    result = injected(borrowing(writer, reader), settings)
+    assert container(result, "a")["volumeMounts"] == [writer]
+    assert container(result, "b")["volumeMounts"] == [reader]
+    assert container(result, "log-app")["volumeMounts"][0] == reader
+
+
+@pytest.mark.parametrize(
+    ("source", "kind"),
+    [
+        ({"secret": {"secretName": "creds"}}, "secret"),
+        ({"configMap": {"name": "settings"}}, "configMap"),
+        ({"projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}}, "projected"),
+        (
+            {"downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
+            "downwardAPI",
+        ),
+    ],
+)
+@pytest.mark.parametrize("mount_path", ["/data", "/"])
+def test_log_directory_on_a_volume_of_api_objects_is_denied_saying_why(
+    source: dict[str, Any], kind: str, mount_path: str, settings: Settings
+) -> None:
+    pod = borrowing(
+        {"name": "data", "mountPath": mount_path, "readOnly": True}, volume={"name": "data", **source}
+    )
+    message = denial(pod, settings)
+    assert message.startswith('annotation sidecar.example/log-path: "/data/app.log" has its directory /data')
+    assert f"on the {kind} volume 'data' of container 'a'" in message
+    assert "the sidecar would show them to whoever may read the pod's logs" in message
+    assert "expected a log directory on a volume of the pod's own files" in message
+
+
+def test_a_secret_volume_beside_the_log_directory_is_no_reason_to_deny(settings: Settings) -> None:
+    pod = make_pod(
+        {LOG_PATH: "/var/log/app/app.log"},
+        containers=[{"name": "app", "volumeMounts": [{"name": "creds", "mountPath": "/var/log/app/creds"}]}],
+        volumes=[{"name": "creds", "secret": {"secretName": "creds"}}],
+    )
+    result = injected(pod, settings)
+    assert container(result, "log-app")["volumeMounts"][0]["name"] == "sidecar-logs"
+
+
 def test_pod_with_automount_off_gets_no_token_volume(settings: Settings) -> None:
     pod = injected(make_pod({LOG_PATH: "/l/a.log"}, automountServiceAccountToken=False), settings)
-    assert [v["name"] for v in pod["spec"]["volumes"]] == ["sidecar-logs"]
-    assert [m["mountPath"] for m in container(pod, "log-a")["volumeMounts"]] == ["/l"]
+    assert [v["name"] for v in pod["spec"]["volumes"]] == ["sidecar-logs", "sidecar-state"]
+    assert [m["mountPath"] for m in container(pod, "log-a")["volumeMounts"]] == ["/l", "/run/log-sidecar"]
 
 
 def test_absent_arrays_and_maps_are_created_whole(settings: Settings) -> None:
@@ -393,17 +523,38 @@ def test_json_pointer_segments_are_escaped() -> None:
 # --- sidecars of earlier versions
 
 
+EARLIER_SIDECARS: dict[str, list[str]] = json.loads(
+    (Path(__file__).parent / "fixtures" / "earlier-sidecars.json").read_text()
+)["commands"]
+
+
 @pytest.mark.parametrize("native", [False, True])
-def test_a_pod_injected_by_the_previous_version_gets_no_second_sidecar(
-    settings: Settings, native: bool
+@pytest.mark.parametrize("version", EARLIER_SIDECARS)
+def test_a_pod_injected_by_an_earlier_version_gets_no_second_sidecar(
+    settings: Settings, native: bool, version: str
 ) -> None:
-    """Before its sidecar trapped SIGTERM the webhook ran `tail -n +1 -F FILE` directly; such pods are
-    in clusters today and are admitted again (reinvocation, a ReplicaSet's template copied from one)."""
+    """Pods injected by earlier versions are in clusters today and are admitted again (reinvocation, a
+    ReplicaSet's template copied from one)."""
     pod = injected(
         make_pod({LOG_PATH: "/var/log/app.log"}, restartPolicy="Never" if native else "Always"), settings
     )
-    sidecar = container(pod, "log-app")
-    sidecar["command"] = ["tail", "-n", "+1", "-F", "/var/log/app.log"]
+    container(pod, "log-app")["command"] = EARLIER_SIDECARS[version]
+    assert decide_pod(pod, settings) == Decision.allow("already-injected")
+
+
+def test_a_changed_copy_of_an_earlier_program_is_not_taken_for_a_sidecar(settings: Settings) -> None:
+    sh, dash_c, script, name, file = EARLIER_SIDECARS[
+        "sh around tail with a SIGTERM trap (7dddbb4 to f6dcd80)"
+    ]
+    own = {"name": "own", "command": [sh, dash_c, script + "touch /tmp/x\n", name, file]}
+    result = injected(make_pod({LOG_PATH: "/var/log/app.log"}, containers=[{"name": "app"}, own]), settings)
+    assert container(result, "log-app")["command"][-2] == "/var/log/app.log"
+
+
+def test_a_sidecar_is_recognised_by_its_command_whatever_its_image(settings: Settings) -> None:
+    """Earlier versions wrote the short `busybox:1.37`; a new image setting must not inject twice."""
+    pod = injected(make_pod({LOG_PATH: "/var/log/app.log"}), settings)
+    container(pod, "log-app")["image"] = "busybox:1.37"
     assert decide_pod(pod, settings) == Decision.allow("already-injected")
 
 
@@ -416,4 +567,4 @@ def test_a_container_that_only_resembles_the_sidecar_is_not_taken_for_it(setting
         ],
     )
     result = injected(pod, settings)
-    assert container(result, "log-app")["command"][-1] == "/var/log/app.log"
+    assert container(result, "log-app")["command"][-2] == "/var/log/app.log"

@@ -23,7 +23,7 @@ from tests.kube import (
 )
 from webhook.admission import review
 from webhook.settings import Settings
-from webhook.sidecar import follow_command
+from webhook.sidecar import follow_command, state_file
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -33,6 +33,8 @@ class Injected:
     sidecars: dict[str, str]  # sidecar name -> file it tails
     mounts: dict[str, str]  # app container -> log directory it must mount
     volume: str = "sidecar-logs"  # the volume holding the log directory
+    source: str = "emptyDir"  # that volume's source
+    read_only: bool = False  # whether the apps' mounts of it are read-only (copied to those added)
     native: bool = False
     user: tuple[int, int] = (65534, 65534)  # the sidecar's runAsUser, runAsGroup
     requests: tuple[str, str] = ("5m", "8Mi")  # the sidecar's cpu, memory (the defaults unless annotated)
@@ -92,6 +94,25 @@ EXPECTED: dict[str, Injected | Allowed | Denied] = {
     ),
     "root-app": Injected(
         {"log-app": "/var/log/app.log"}, {"app": "/var/log"}, warns=("uid 65534", "'app'", "root")
+    ),
+    # Container a mounts a hostPath read-only: b gets it read-only too, not writable.
+    "read-only-borrow": Injected(
+        {"log-app": "/data/app.log"},
+        {"a": "/data", "b": "/data"},
+        volume="data",
+        source="hostPath",
+        read_only=True,
+    ),
+    "log-in-a-secret": Denied(
+        ("sidecar.example/log-path", '"/etc/creds/password"', "secret volume 'creds'", "pod's logs")
+    ),
+    "different-access": Denied(
+        (
+            "sidecar.example/log-path",
+            '"/data/app.log"',
+            "container 'writer' mounts it writable; container 'reader' mounts it read-only",
+            "cannot tell which to give 'other'",
+        )
     ),
 }
 
@@ -171,9 +192,9 @@ def test_injected_pod_has_its_sidecars_mounts_and_volume(name: str, settings: Se
     for name_, file in expected.sidecars.items():
         sidecar = container(pod, name_)
         assert sidecar in where
-        assert sidecar["command"] == follow_command(file)
+        assert sidecar["command"] == follow_command(file, state_file(name_))
         assert "args" not in sidecar, "the path is data, never passed through a shell"
-        assert sidecar["image"] == "busybox:1.37"
+        assert sidecar["image"] == "docker.io/library/busybox:1.37"
         assert sidecar.get("restartPolicy") == ("Always" if expected.native else None)
         directory = file.rsplit("/", 1)[0]
         (log_mount,) = [m for m in sidecar["volumeMounts"] if m["mountPath"] == directory]
@@ -190,7 +211,8 @@ def test_injected_pod_has_its_sidecars_mounts_and_volume(name: str, settings: Se
     for app, directory in expected.mounts.items():
         mounts = [m for m in container(pod, app)["volumeMounts"] if m["mountPath"] == directory]
         assert len(mounts) == 1 and mounts[0]["name"] == expected.volume, mounts
-    assert "emptyDir" in volume(pod, expected.volume)
+        assert mounts[0].get("readOnly", False) is expected.read_only, mounts
+    assert expected.source in volume(pod, expected.volume)
     volume_names = [v["name"] for v in pod["spec"]["volumes"]]
     assert len(volume_names) == len(set(volume_names))
 

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.kube import load_review
-from webhook.sidecar import FOLLOW
+from webhook.sidecar import FOLLOW, state_file
 
 CORPUS = Path(__file__).parent / "corpus"
 SEED = load_review("seed-pod")
@@ -245,9 +245,10 @@ def test_adversarial_annotation_values_are_denied_clearly_or_injected_safely(
     for op in json.loads(base64.b64decode(response["patch"])):
         sidecars = op["value"] if isinstance(op["value"], list) else [op["value"]]
         for sidecar in (s for s in sidecars if isinstance(s, dict) and "command" in s):
-            # The program is fixed; the value reaches it only as its last argument, the file.
-            assert sidecar["command"][:-1] == list(FOLLOW)
-            assert sidecar["command"][-1] in log_path and "args" not in sidecar
+            # The program is fixed; the value reaches it only as an argument, the file.
+            *program, file, state = sidecar["command"]
+            assert program == list(FOLLOW) and state == state_file(sidecar["name"])
+            assert file in log_path and "args" not in sidecar
 
 
 def test_at_least_ten_thousand_generated_requests_were_sent() -> None:

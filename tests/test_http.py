@@ -13,7 +13,7 @@ import pytest
 from tests.kube import apply, container, load_review, patch_ops
 from tests.server import RunningServer
 from webhook.app import MAX_BODY_BYTES
-from webhook.sidecar import follow_command
+from webhook.sidecar import follow_command, state_file
 
 JSON = {"content-type": "application/json"}
 
@@ -45,7 +45,7 @@ def test_review_round_trip_answers_in_the_version_it_was_sent(
     assert response["uid"] == recorded["request"]["uid"]
     assert response["allowed"] is True
     pod = apply(recorded["request"]["object"], patch_ops(response))
-    assert container(pod, "log-app")["command"] == follow_command("/var/log/app.log")
+    assert container(pod, "log-app")["command"] == follow_command("/var/log/app.log", state_file("log-app"))
 
 
 def test_bad_annotation_is_http_200_with_allowed_false_and_a_message(client: httpx.Client) -> None:

@@ -64,7 +64,7 @@ def test_mutate_takes_an_admission_review_and_answers_one_or_a_refusal(schema: d
         code: answer["content"]["application/json"]["schema"] for code, answer in mutate["responses"].items()
     }
     assert resolve(schema, answers.pop("200")["$ref"])["title"] == "AdmissionReviewResponse"
-    assert set(answers) == {"400", "408", "413", "415", "503"}
+    assert set(answers) == {"400", "403", "408", "413", "415", "503"}
     assert {answer["$ref"] for answer in answers.values()} == {"#/components/schemas/Refusal"}
 
 

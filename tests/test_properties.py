@@ -20,7 +20,7 @@ from tests.kube import (
 )
 from webhook.engine import decide_pod
 from webhook.settings import Settings
-from webhook.sidecar import FOLLOW
+from webhook.sidecar import FOLLOW, state_file
 
 # Small pools, so collisions (names, directories, nested mounts) happen often.
 CONTAINER_NAMES = ["app", "web", "log-a", "log-a-2", "log-b", "sidecar-logs", "init"]
@@ -151,6 +151,10 @@ def annotated_pods(draw: st.DrawFn) -> dict[str, Any]:
         for kind in ("request", "limit"):
             if quantity := draw(st.sampled_from([None, None, *values])):
                 annotations[f"sidecar.example/{resource}-{kind}"] = quantity
+    return pod_with(annotations, spec)
+
+
+def pod_with(annotations: dict[str, str], spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -191,7 +195,7 @@ def test_patch_applies_and_keeps_the_pod_well_formed_and_a_second_pass_adds_noth
     assert schema_errors(result) == []
     assert set(restricted_violations(result)) <= set(restricted_violations(pod))
     files = [f.strip() for f in pod["metadata"]["annotations"]["sidecar.example/log-path"].split(",")]
-    tailed = [c["command"][-1] for c in all_containers(result) if c.get("command", [])[:-1] == list(FOLLOW)]
+    tailed = [c["command"][-2] for c in all_containers(result) if c.get("command", [])[:-2] == list(FOLLOW)]
     assert sorted(tailed) == sorted(set(files))
     again = run_service_account_plugin(result)
     assert decide_pod(again, settings).patch == ()
@@ -226,9 +230,10 @@ def test_any_log_path_value_is_either_denied_clearly_or_tailed_without_a_shell(
         return
     result = apply(pod, list(decision.patch))
     for sidecar in result["spec"]["containers"][1:]:
-        # The program is fixed; the value reaches it only as its last argument, the file.
-        assert sidecar["command"][:-1] == list(FOLLOW)
-        assert sidecar["command"][-1] in value and sidecar["command"][-1].startswith("/")
+        # The program is fixed; the value reaches it only as an argument, the file.
+        *program, file, state = sidecar["command"]
+        assert program == list(FOLLOW) and state == state_file(sidecar["name"])
+        assert file in value and file.startswith("/")
         assert "args" not in sidecar
     assert schema_errors(result) == []
 
@@ -258,12 +263,7 @@ def pods_with_users(draw: st.DrawFn) -> dict[str, Any]:
         annotations["sidecar.example/containers"] = ",".join(
             draw(st.permutations(names))[: len(names) // 2 + 1]
         )
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "p", "annotations": annotations},
-        "spec": spec,
-    }
+    return pod_with(annotations, spec)
 
 
 @PROPERTY_RUN
@@ -356,3 +356,80 @@ def test_sidecar_resources_follow_the_annotations_within_the_maxima_else_are_den
         return
     (sidecar,) = new_sidecars(pod, apply(pod, list(decision.patch)))
     assert sidecar["resources"] == expected
+
+
+SOURCES = {
+    "hostPath": {"path": "/srv"},
+    "persistentVolumeClaim": {"claimName": "c"},
+    "emptyDir": {},
+    "secret": {"secretName": "s"},
+    "configMap": {"name": "m"},
+    "projected": {"sources": [{"configMap": {"name": "m"}}]},
+    "downwardAPI": {"items": [{"path": "l", "fieldRef": {"fieldPath": "metadata.labels"}}]},
+}
+API_OBJECT_SOURCES = {"secret", "configMap", "projected", "downwardAPI"}
+# How a container may mount the volume (None: not at all); recursiveReadOnly only where readOnly is.
+ACCESSES: list[dict[str, Any] | None] = [
+    None,
+    {},
+    {"readOnly": False},
+    {"readOnly": True},
+    {"readOnly": True, "recursiveReadOnly": "Disabled"},
+    {"readOnly": True, "recursiveReadOnly": "IfPossible"},
+    {"readOnly": True, "recursiveReadOnly": "Enabled"},
+]
+STRENGTH = {None: 0, "Disabled": 0, "IfPossible": 1, "Enabled": 2}
+
+
+@st.composite
+def borrowing_pods(draw: st.DrawFn) -> dict[str, Any]:
+    """Pods logging to /srv/data/app.log whose containers mount one volume of any source at or above
+    that directory, each with its own access, or not at all."""
+    source = draw(st.sampled_from(list(SOURCES)))
+    spec: dict[str, Any] = {"containers": [], "volumes": [{"name": "data", source: SOURCES[source]}]}
+    for name in ("a", "b", "c"):
+        container: dict[str, Any] = {"name": name, "image": "alpine"}
+        if (access := draw(st.sampled_from(ACCESSES))) is not None:
+            path = draw(st.sampled_from(["/srv", "/srv/data"]))
+            container["volumeMounts"] = [{"name": "data", "mountPath": path, **access}]
+        spec["containers"].append(container)
+    annotations = {"sidecar.example/log-path": "/srv/data/app.log"}
+    if draw(st.booleans()):
+        annotations["sidecar.example/containers"] = ",".join(
+            draw(st.permutations("abc"))[: draw(st.integers(1, 3))]
+        )
+    return pod_with(annotations, spec)
+
+
+@PROPERTY_RUN
+@given(borrowing_pods())
+def test_a_borrowed_volume_is_never_reached_more_widely_than_the_targets_reach_it_nor_shown_if_api_objects(
+    settings: Settings, pod: dict[str, Any]
+) -> None:
+    names = pod["metadata"]["annotations"].get("sidecar.example/containers", "a,b,c").split(",")
+    targets = [c for c in pod["spec"]["containers"] if c["name"] in names]
+    mounts = [m for c in targets for m in c.get("volumeMounts", [])]
+    source = next(k for k in pod["spec"]["volumes"][0] if k != "name")
+    decision = decide_pod(pod, settings)
+    if not decision.allowed:
+        assert decision.message.startswith('annotation sidecar.example/log-path: "/srv/data/app.log" ')
+        assert "expected" in decision.message
+        return
+    assert not (mounts and source in API_OBJECT_SOURCES), "a log directory on API objects is denied"
+    result = apply(pod, list(decision.patch))
+    before = {c["name"]: c.get("volumeMounts", []) for c in all_containers(pod)}
+    added = [
+        m
+        for c in all_containers(result)
+        for m in c.get("volumeMounts", [])
+        if m["name"] == "data" and m not in before.get(c["name"], [])
+    ]
+    assert bool(added) == bool(mounts), "the volume is borrowed exactly when a target has it there"
+    for mount in added:
+        for original in mounts:
+            assert mount.get("readOnly", False) >= original.get("readOnly", False), (mount, original)
+            strongest = STRENGTH[mount.get("recursiveReadOnly")]
+            assert strongest >= STRENGTH[original.get("recursiveReadOnly")], (mount, original)
+        if not mount.get("readOnly"):
+            assert "recursiveReadOnly" not in mount, "the API server refuses it on a writable mount"
+    assert schema_errors(result) == []

@@ -19,6 +19,7 @@ CPU_REQUEST = "sidecar.example/cpu-request"
 CPU_LIMIT = "sidecar.example/cpu-limit"
 MEMORY_REQUEST = "sidecar.example/memory-request"
 MEMORY_LIMIT = "sidecar.example/memory-limit"
+LOG_VOLUME_SIZE = "sidecar.example/log-volume-size"
 # resource -> (its request annotation, its limit annotation)
 RESOURCE_ANNOTATIONS = {"cpu": (CPU_REQUEST, CPU_LIMIT), "memory": (MEMORY_REQUEST, MEMORY_LIMIT)}
 
@@ -28,6 +29,9 @@ MAX_PATH_BYTES = 4096
 # The ServiceAccount admission plugin owns this directory: the sidecar mounts an empty volume there
 # to keep the token out, so no log directory may be at or below it.
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+# Where each sidecar keeps its read position (webhook/sidecar.py): a volume of its own is mounted there,
+# so no log directory may be at or below it either.
+STATE_DIR = "/run/log-sidecar"
 _CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
@@ -66,6 +70,7 @@ class LogRequest:
     containers: tuple[str, ...] | None  # None: every app container
     mode: Mode
     resources: Resources
+    volume_size: str  # the sizeLimit of the log volumes the webhook adds; "" for none
 
 
 _PATHS_EXPECTED = 'one or more absolute file paths separated by commas, e.g. "/var/log/app.log"'
@@ -112,7 +117,7 @@ def _check_file(raw: str, value: str, settings: Settings) -> str:
     directory = directory_of(raw)
     if directory in settings.protected_dirs:
         raise refuse(f"puts the log directory at {directory}, a protected directory")
-    for tree in (*settings.protected_trees, SERVICE_ACCOUNT_DIR):
+    for tree in (*settings.protected_trees, SERVICE_ACCOUNT_DIR, STATE_DIR):
         if is_within(directory, tree):
             raise refuse(f"puts the log directory under {tree}, a protected directory")
     return raw
@@ -140,15 +145,15 @@ def parse_mode(value: object, settings: Settings) -> Mode:
 
 
 def _quantity_parser(
-    annotation: str, resource: str, *, limit: bool
+    annotation: str, what: str, maximum_of: Callable[[Settings], str], *, nonzero: bool
 ) -> Callable[[object, Settings], Quantity]:
-    """The parser of one request or limit annotation: a quantity the API server accepts for the
-    resource, within the server's maximum. Whether a request fits its limit is checked in `parse`."""
+    """The parser of one quantity annotation (cpu, memory or disk): a quantity the API server accepts,
+    within the server's maximum. Whether a request fits its limit is checked in `parse`."""
 
-    def parse_resource_quantity(value: object, settings: Settings) -> Quantity:
-        maximum = getattr(settings, f"sidecar_{resource}_max")
-        example = '"64Mi"' if resource == "memory" else '"100m" or "0.5"'
-        expected = f"a {resource} quantity of at most {maximum}, e.g. {example}"
+    def parse_quantity_annotation(value: object, settings: Settings) -> Quantity:
+        maximum = maximum_of(settings)
+        example = '"100m" or "0.5"' if what == "cpu" else '"64Mi"' if what == "memory" else '"500Mi"'
+        expected = f"a {what} quantity of at most {maximum}, e.g. {example}"
 
         def refuse(problem: str) -> AnnotationError:
             return AnnotationError(annotation, value, problem, expected)
@@ -161,16 +166,20 @@ def _quantity_parser(
             raise refuse("is not a Kubernetes quantity") from None
         if quantity.value < 0:
             raise refuse("is negative")
-        if resource == "memory" and quantity.value != quantity.value.to_integral_value():
+        if what != "cpu" and quantity.value != quantity.value.to_integral_value():
             # "128m" is 0.128 bytes: a slip for 128Mi that the API server would only warn about.
             raise refuse("is not a whole number of bytes (m means thousandths; Mi means mebibytes)")
-        if limit and quantity.value == 0:
+        if nonzero and quantity.value == 0:
             raise refuse("is 0, which Kubernetes reads as no limit at all")
         if quantity.value > parse_quantity(maximum).value:
             raise refuse(f"is above the maximum of {maximum} that this webhook allows")
         return quantity
 
-    return parse_resource_quantity
+    return parse_quantity_annotation
+
+
+def _resource_maximum(resource: str) -> Callable[[Settings], str]:
+    return lambda settings: str(getattr(settings, f"sidecar_{resource}_max"))
 
 
 def _resources(values: Mapping[str, Any], settings: Settings) -> Resources:
@@ -209,10 +218,18 @@ _PARSERS: dict[str, tuple[Callable[[object, Settings], Any], Any]] = {
     CONTAINERS: (parse_container_names, None),
     MODE: (parse_mode, Mode.AUTO),
     **{
-        annotation: (_quantity_parser(annotation, resource, limit=is_limit), None)
+        annotation: (
+            _quantity_parser(annotation, resource, _resource_maximum(resource), nonzero=is_limit),
+            None,
+        )
         for resource, pair in RESOURCE_ANNOTATIONS.items()
         for annotation, is_limit in zip(pair, (False, True), strict=True)
     },
+    # An emptyDir's sizeLimit of 0 would make kubelet evict the pod at its first byte.
+    LOG_VOLUME_SIZE: (
+        _quantity_parser(LOG_VOLUME_SIZE, "disk", lambda s: s.log_volume_size_max, nonzero=True),
+        None,
+    ),
 }
 
 
@@ -243,4 +260,5 @@ def _parse_values(found: tuple[str | None, ...], settings: Settings) -> LogReque
         containers=values[CONTAINERS],
         mode=values[MODE],
         resources=_resources(values, settings),
+        volume_size=values[LOG_VOLUME_SIZE].text if values[LOG_VOLUME_SIZE] else settings.log_volume_size,
     )

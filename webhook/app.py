@@ -66,6 +66,7 @@ _JSON = "application/json"
 _HEALTHY = orjson.dumps({"status": "ok"})
 _REFUSALS = {
     400: "not an AdmissionReview (not JSON, no request or uid, an object that is not Pod-shaped)",
+    403: "no client certificate, where the server requires one (--client-ca-file)",
     408: f"the body did not arrive within {BODY_TIMEOUT_SECONDS:g} s of the headers, or a body over "
     f"{LARGE_BODY_BYTES} bytes came slower than {MIN_BODY_BYTES_PER_SECOND} bytes/s once its turn came",
     413: f"the body is larger than {MAX_BODY_BYTES} bytes",
@@ -155,6 +156,9 @@ def create_app(
     serving = state if state is not None else ServingState(ready=True)
     metrics = metrics if metrics is not None else Metrics()
     large_bodies = asyncio.Semaphore(LARGE_BODIES_AT_ONCE)
+    # Only /mutate: the TLS layer can't require the certificate without failing the kubelet's HTTPS
+    # probes, which send none; /healthz and /readyz tell nothing worth a certificate.
+    client_certificate_required = settings.client_ca_file is not None
     # No HTTP docs: the schema is printed by `sidecar-webhook openapi`, and the port faces only
     # the API server.
     app = FastAPI(
@@ -185,6 +189,8 @@ def create_app(
         openapi_extra={"requestBody": {"required": True, **_documented(AdmissionReview)}},
     )
     async def mutate(request: Request) -> Response:
+        if client_certificate_required and not _client_certified(request):
+            raise Refused(_NO_CLIENT_CERTIFICATE, time.perf_counter(), body_unread=True)
         body = await _read_body(request, large_bodies)
         reply = admission.review(body.data, settings)
         if reply.status_code != 200:
@@ -319,6 +325,17 @@ async def _receive_whole(request: Request, started: float) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+def _client_certified(request: Request) -> bool:
+    """Whether the client sent a certificate, which the TLS layer verified against the client CA."""
+    tls: dict[str, Any] = request.scope.get("extensions", {}).get("tls", {})
+    return bool(tls.get("client_cert_chain"))
+
+
+_NO_CLIENT_CERTIFICATE = refuse(
+    403, "a client certificate is required: this server takes reviews only from clients its client CA signed"
+)
 
 
 def _too_large() -> Reply:

@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="sidecar-webhook",
         description="Kubernetes mutating admission webhook that injects a log-tailing sidecar.",
         epilog="Every setting can also be given as an environment variable SIDECAR_WEBHOOK_<NAME>, "
-        "e.g. SIDECAR_WEBHOOK_PORT=8443 or SIDECAR_WEBHOOK_SIDECAR_IMAGE=busybox:1.37.",
+        "e.g. SIDECAR_WEBHOOK_PORT=8443 or SIDECAR_WEBHOOK_SIDECAR_IMAGE=docker.io/library/busybox:1.37.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
@@ -70,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--record-dir", type=Path, help="write each answered review to a JSON file here (off by default)"
+    )
+    serve.add_argument(
+        "--client-ca-file",
+        type=Path,
+        help="require a client certificate signed by a CA of this PEM file to call /mutate (the API "
+        "server's, from its AdmissionConfiguration); the probes stay open (off by default)",
     )
     cluster = serve.add_argument_group(
         "certificates",
@@ -161,8 +167,8 @@ def _parser() -> argparse.ArgumentParser:
 def _settings(args: argparse.Namespace) -> Settings:
     """Flags win over SIDECAR_WEBHOOK_* variables, which win over the defaults."""
     names = (
-        *("host", "port", "metrics_port", "cert_dir", "log_level", "record_dir", "shutdown_delay"),
-        *("certificates",),
+        *("host", "port", "metrics_port", "cert_dir", "log_level", "record_dir", "client_ca_file"),
+        *("shutdown_delay", "certificates"),
         *("secret_namespace", "secret_name", "webhook_configuration", "service_name", "service_namespace"),
         *("extra_hosts", *DURATION_FLAGS),
     )

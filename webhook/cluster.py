@@ -18,7 +18,6 @@ import httpx2
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from lightkube import ApiError, AsyncClient, ConfigError, KubeConfig
-from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.admissionregistration_v1 import MutatingWebhookConfiguration
 from lightkube.resources.core_v1 import Secret
 from lightkube.types import PatchType
@@ -39,14 +38,13 @@ API_TIMEOUT_SECONDS = 10.0
 # A CA newly in the caBundle signs only after this long: every API server learns of the configuration's
 # change through its watch, usually within a second; until then it would refuse a certificate of the new CA.
 SETTLE_SECONDS = 10.0
-LABELS = {"app.kubernetes.io/name": "sidecar-webhook", "app.kubernetes.io/component": "webhook"}
 
 _log = logging.getLogger("sidecar_webhook.certificates")
 T = TypeVar("T")
 
 
 class Expected(Exception):
-    """A status the caller expects and handles: 404 reading the Secret, 409 writing it."""
+    """A status the caller expects and handles: 409 writing the Secret."""
 
 
 class ApiUnavailable(Exception):
@@ -119,12 +117,14 @@ class ClusterCertificates:
         """One look: bring the Secret, the caBundle and the served certificate up to date. Whether
         anything changed (then the next look comes at once, to take the next step of a rotation)."""
         now = datetime.now(UTC)
-        secret = await self._read_secret()
+        secret = await self._call("get", self.secret, self._get_secret)
         configuration = await self._call("get", self.configuration, self._get_configuration)
         published = _published(configuration)
-        material = cluster_certs.decode(secret.data or {}) if secret is not None else None
-        if secret is not None and material is None:
+        material = cluster_certs.decode(secret.data or {})
+        if material is None and secret.data:
             _log.warning("%s is incomplete or corrupt: starting over with a new CA", self.secret)
+        elif material is None:
+            _log.info("%s is empty: the first start, making the CA", self.secret)
         step = (
             cluster_certs.fresh(self.hosts, self.validity, published, now)
             if material is None
@@ -137,7 +137,21 @@ class ClusterCertificates:
                 self.metrics.certificate_rotations.labels(certificate).inc()
                 _log.info("certificate rotation: %s", change)
         material = step.material
-        bundle = cluster_certs.bundle_to_write(material, published, now)
+        bundle = material.bundle()
+        dropped = cluster_certs.foreign(material, _present(configuration))
+        if dropped and not await self._secret_holds(material):
+            return True  # another replica changed the Secret: look again at what it wrote
+        for ca in dropped:
+            _log.warning(
+                "caBundle: dropping the CA %s (%s, SHA-256 %s) from %s: this webhook did not make it and "
+                "it was not there at its first start (it is not in %s); whoever added it could have the "
+                "API server trust what they serve",
+                cluster_certs.serial(ca),
+                ca.subject.rfc4514_string(),
+                ca.fingerprint(hashes.SHA256()).hex(),
+                self.configuration,
+                self.secret,
+            )
         repaired = False
         if _bundles(configuration) != {_key(bundle)}:
             try:
@@ -181,11 +195,16 @@ class ClusterCertificates:
         if self.served is not None:
             self.metrics.certificate_expiry.labels("serving").set(self.served.not_valid_after_utc.timestamp())
 
-    async def _read_secret(self) -> Secret | None:
-        try:
-            return await self._call("get", self.secret, self._get_secret, expected={404})
-        except Expected:
-            return None
+    async def _secret_holds(self, material: Material) -> bool:
+        """Whether the Secret, read again, holds the CAs of `material`. A CA goes into the Secret before it
+        goes into the caBundle, so a CA of the caBundle that the Secret read after it lacks was not made
+        by a replica: a replica that read the Secret just before another one added its next CA finds it
+        here and does not take it out of the caBundle."""
+        again = cluster_certs.decode((await self._call("get", self.secret, self._get_secret)).data or {})
+        if again is not None and again.bundle() == material.bundle():
+            return True
+        _log.info("another replica changed %s meanwhile: looking again", self.secret)
+        return False
 
     async def _get_secret(self) -> Secret:
         return await self.client().get(
@@ -195,25 +214,15 @@ class ClusterCertificates:
     async def _get_configuration(self) -> MutatingWebhookConfiguration:
         return await self.client().get(MutatingWebhookConfiguration, self.settings.webhook_configuration)
 
-    async def _write_secret(self, secret: Secret | None, material: Material) -> bool:
-        """Create or update the Secret; False when another replica got there first (409 Conflict)."""
-        data = cluster_certs.encode(material)
+    async def _write_secret(self, secret: Secret, material: Material) -> bool:
+        """Update the Secret; False when another replica got there first (409 Conflict). The Secret is
+        never created here: deploy/ ships it empty, so the account needs no `create` on Secrets, which
+        RBAC cannot limit to one name."""
+        # resourceVersion as read: an update over another replica's fails with 409, never wins, and
+        # replicas starting together on the empty Secret make one CA between them.
+        secret.data = cluster_certs.encode(material)
         try:
-            if secret is None:
-                new = Secret(
-                    metadata=ObjectMeta(
-                        name=self.settings.secret_name,
-                        namespace=self.settings.secret_namespace,
-                        labels=LABELS,
-                    ),
-                    type="Opaque",
-                    data=data,
-                )
-                await self._call("create", self.secret, lambda: self.client().create(new), expected={409})
-            else:
-                # resourceVersion as read: an update over another replica's fails with 409, never wins.
-                secret.data = data
-                await self._call("update", self.secret, lambda: self.client().replace(secret), expected={409})
+            await self._call("update", self.secret, lambda: self.client().replace(secret), expected={409})
         except Expected:
             _log.info("another replica wrote %s first: using what it wrote", self.secret)
             return False
@@ -275,7 +284,7 @@ class ClusterCertificates:
                 what,
                 code,
                 error.status.reason or "",
-                _what_to_do(code, verb, what),
+                _what_to_do(code, verb, what, error.status.message or ""),
             )
         except httpx2.HTTPError as error:
             _log.error(
@@ -289,8 +298,15 @@ class ClusterCertificates:
         raise ApiUnavailable
 
 
-def _what_to_do(code: int, verb: str, what: str) -> str:
+def _what_to_do(code: int, verb: str, what: str, message: str) -> str:
     kind = what.split()[0]
+    # A policy's or a webhook's refusal: 403 or 422, as its author chose.
+    if code in (403, 422) and ("ValidatingAdmissionPolicy" in message or "admission webhook" in message):
+        return (
+            f"{message}; an admission policy or webhook refused it, where deploy/'s own allows the "
+            "webhook's writes (deploy/base/validatingadmissionpolicy.yaml): is another policy in the way? "
+            "retrying"
+        )
     if code == 403:
         return (
             f"the ServiceAccount may not {verb} {kind}: grant it (deploy/base/rbac.yaml: verb {verb!r} "
@@ -298,6 +314,11 @@ def _what_to_do(code: int, verb: str, what: str) -> str:
         )
     if code == 401:
         return "the API server refused the token: is the ServiceAccount token mounted and current? retrying"
+    if code == 404 and kind == "secret":
+        return (
+            "it does not exist: deploy/ ships it empty (deploy/base/secret.yaml) and the webhook fills it; "
+            "install it with `kubectl apply -k deploy/`; retrying"
+        )
     if code == 404:
         return "it does not exist: install it with `kubectl apply -k deploy/`; retrying"
     if code == 422:
@@ -311,6 +332,11 @@ def _published(configuration: MutatingWebhookConfiguration) -> list[x509.Certifi
     if not per_webhook:
         return []
     return [ca for ca in per_webhook[0] if all(ca in others for others in per_webhook[1:])]
+
+
+def _present(configuration: MutatingWebhookConfiguration) -> list[x509.Certificate]:
+    """The CAs that any webhook of the configuration trusts."""
+    return [ca for w in configuration.webhooks or [] for ca in cluster_certs.parse_bundle(_ca_bundle(w))]
 
 
 def _ca_bundle(webhook: Any) -> str | None:

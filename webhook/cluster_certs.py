@@ -113,15 +113,16 @@ def advance(
     return Step(replace(material, ca=ca, next_ca=next_ca, serving=serving, retired=retired), tuple(changes))
 
 
-def bundle_to_write(
-    material: Material, published: Sequence[x509.Certificate], now: datetime
-) -> list[x509.Certificate]:
-    """The caBundle to write: ours, plus any published CA newer than every CA we know. A replica whose
-    Secret is a moment old must not take out a CA that another replica has just added."""
+def foreign(material: Material, present: Sequence[x509.Certificate]) -> list[x509.Certificate]:
+    """The CAs of the caBundle that the Secret does not hold: neither made by this webhook (the CA that
+    signs, the next, the retired) nor there at its first start (kept as retired by `fresh`). The caBundle
+    written keeps none of them: whoever put one there could have the API server trust what they serve."""
     ours = material.bundle()
-    newest = max(c.not_valid_before_utc for c in ours)
-    newer = [c for c in published if c.not_valid_before_utc > newest and c.not_valid_after_utc > now]
-    return [*ours, *(c for c in newer if c not in ours)]
+    found: list[x509.Certificate] = []
+    for ca in present:
+        if ca not in ours and ca not in found:
+            found.append(ca)
+    return found
 
 
 def trusted(cert: x509.Certificate, bundle: Sequence[x509.Certificate], now: datetime) -> bool:

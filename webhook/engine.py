@@ -7,6 +7,7 @@ the API server's reinvocation (after the built-in plugins change the pod) safe.
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -17,6 +18,7 @@ from webhook.annotations import (
     CONTAINERS,
     INJECTED,
     LOG_PATH,
+    LOG_VOLUME_SIZE,
     MODE,
     AnnotationError,
     LogRequest,
@@ -29,15 +31,17 @@ from webhook.envelope import AdmissionRequest, error_details
 from webhook.identity import sidecar_identity
 from webhook.naming import sidecar_base_name, unique_name
 from webhook.patch import Operation, add, extend, pointer
-from webhook.pod import Container, Pod, PodSpec, VolumeMount
+from webhook.pod import Container, Pod, PodSpec, Volume, VolumeMount
 from webhook.settings import Settings
 from webhook.sidecar import (
     LOG_VOLUME,
     NO_TOKEN_VOLUME,
+    STATE_VOLUME,
     followed_file,
     log_mount,
     no_token_mount,
     sidecar_container,
+    state_mount,
 )
 
 # Pods that are meant to finish: a classic sidecar never exits, so such a pod never completes.
@@ -64,6 +68,40 @@ MAX_VOLUME_MOUNTS = 2_500
 MAX_PATCH_BYTES = 1024 * 1024
 
 WINDOWS_WARNING = f"{LOG_PATH} ignored: Windows pods get no log sidecar (its busybox image is Linux-only)"
+
+
+# recursiveReadOnly from weakest to strongest; None is not said, or Disabled.
+_RECURSIVE_STRENGTH = {None: 0, "IfPossible": 1, "Enabled": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """How a mount reaches its volume: readOnly, and recursiveReadOnly (None: Disabled or not said,
+    which Kubernetes reads alike; a writable mount may not say it at all)."""
+
+    read_only: bool = False
+    recursive: str | None = None
+
+    @classmethod
+    def of(cls, mount: VolumeMount) -> "Access":
+        recursive = mount.recursive_read_only if mount.read_only else None
+        return cls(mount.read_only, None if recursive == "Disabled" else recursive)
+
+    def __str__(self) -> str:
+        if not self.read_only:
+            return "writable"
+        return f"read-only, recursiveReadOnly {self.recursive}" if self.recursive else "read-only"
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where the log directory lives: a volume and the subPath that shows the directory, with the
+    access a target container without it gets, and the sidecar's."""
+
+    volume: str
+    sub_path: str = ""
+    access: Access = Access()  # a new emptyDir: the app writes its log there
+    sidecar_access: Access = Access(read_only=True)
 
 
 class MalformedObject(ValueError):
@@ -136,25 +174,36 @@ def _inject(spec: PodSpec, found: Mapping[str, str], wanted: LogRequest, setting
 
     new_volumes: list[dict[str, Any]] = []
     new_mounts: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    volume_at: dict[str, tuple[str, str]] = {}
+    place_at: dict[str, Place] = {}
+    sized: set[str] = set()  # the directories on a new volume of wanted.volume_size
     for directory in dict.fromkeys(directory_of(file) for file in wanted.files):
-        shared = _shared_volume(directory, targets, found[LOG_PATH])
-        if shared is None:
-            shared = (unique_name(LOG_VOLUME, taken), "")
-            new_volumes.append({"name": shared[0], "emptyDir": {}})
-        volume_at[directory] = shared
+        place = _shared_place(directory, targets, spec.volumes or [], found[LOG_PATH])
+        if place is None:
+            place = Place(unique_name(LOG_VOLUME, taken))
+            new_volumes.append({"name": place.volume, "emptyDir": _empty_dir(wanted.volume_size)})
+            if wanted.volume_size:
+                sized.add(directory)
+        elif LOG_VOLUME_SIZE in found:
+            warnings += (
+                f"{LOG_VOLUME_SIZE} ignored for {directory}: it is on the pod's own volume {place.volume!r}, "
+                "whose size the pod sets itself",
+            )
+        place_at[directory] = place
         for index, container in targets:
             if _covering_mount(container, directory) is None:
-                new_mounts[index].append(log_mount(shared[0], directory, shared[1], read_only=False))
+                new_mounts[index].append(_log_mount(place, directory, place.access))
 
     new_sidecars: list[dict[str, Any]] = []
-    no_token_volume = ""
+    no_token_volume = state_volume = ""
     for file in wanted.files:
         if file in existing:
             continue
         directory = directory_of(file)
-        volume, sub_path = volume_at[directory]
-        mounts = [log_mount(volume, directory, sub_path, read_only=True)]
+        place = place_at[directory]
+        if not state_volume:
+            state_volume = unique_name(STATE_VOLUME, taken)
+            new_volumes.append({"name": state_volume, "emptyDir": {}})
+        mounts = [_log_mount(place, directory, place.sidecar_access), state_mount(state_volume)]
         # With automount off at pod level the plugin adds no token, so there is nothing to keep out.
         if spec.automount_service_account_token is not False:
             if not no_token_volume:
@@ -172,8 +221,11 @@ def _inject(spec: PodSpec, found: Mapping[str, str], wanted: LogRequest, setting
                 resources=wanted.resources,
                 identity=identity,
                 settings=settings,
+                # The first sidecar of each sized volume asks the scheduler for its disk.
+                ephemeral_storage=wanted.volume_size if directory in sized else "",
             )
         )
+        sized.discard(directory)
 
     ops: list[Operation] = extend(_VOLUMES, spec.volumes is not None, new_volumes)
     for index, mounts in new_mounts.items():
@@ -203,6 +255,10 @@ def _too_large(spec: PodSpec) -> str:
     if mounts > MAX_VOLUME_MOUNTS:
         return f"its containers have {mounts} volumeMounts, more than {MAX_VOLUME_MOUNTS}"
     return ""
+
+
+def _empty_dir(size: str) -> dict[str, Any]:
+    return {"sizeLimit": size} if size else {}
 
 
 def _existing_sidecars(containers: Sequence[Container], files: Sequence[str]) -> dict[str, str]:
@@ -252,19 +308,33 @@ def _covering_mount(container: Container, directory: str) -> VolumeMount | None:
     return best
 
 
-def _shared_volume(
-    directory: str, targets: Sequence[tuple[int, Container]], value: str
-) -> tuple[str, str] | None:
-    """The (volume, subPath) that the target containers already have at `directory`, if any.
+def _log_mount(place: Place, directory: str, access: Access) -> dict[str, Any]:
+    return log_mount(
+        place.volume,
+        directory,
+        place.sub_path,
+        read_only=access.read_only,
+        recursive_read_only=access.recursive,
+    )
+
+
+def _shared_place(
+    directory: str, targets: Sequence[tuple[int, Container]], volumes: Sequence[Volume], value: str
+) -> Place | None:
+    """The place (volume, subPath) that the target containers already have at `directory`, if any,
+    and how the mounts the webhook adds of it may reach it.
 
     Mounts are compared by what they show at the directory: volume V mounted at /var/log and the
     same V mounted at /var are one place, (V, "log") in the second case; the sidecar and any target
     without a mount then mount that place at the directory itself.
     """
     places: dict[tuple[str, str], str] = {}
+    accesses: dict[Access, str] = {}
+    lacking: list[str] = []
     for _, container in targets:
         mount = _covering_mount(container, directory)
         if mount is None:
+            lacking.append(container.name)
             continue
         if mount.sub_path_expr:
             raise AnnotationError(
@@ -277,6 +347,9 @@ def _shared_volume(
         relative = directory[len(mount.mount_path.rstrip("/")) :].strip("/")
         sub_path = "/".join(p for p in (mount.sub_path.strip("/"), relative) if p)
         places.setdefault((mount.name, sub_path), container.name)
+        accesses.setdefault(Access.of(mount), container.name)
+    if not places:
+        return None
     if len(places) > 1:
         seen = "; ".join(
             f"container {c!r} has volume {v!r}" + (f" subPath {s!r}" if s else "")
@@ -288,4 +361,33 @@ def _shared_volume(
             f"has its directory {directory} on different volumes in the target containers ({seen})",
             "the target containers to share one volume at the log directory, or to have none there",
         )
-    return next(iter(places), None)
+    ((name, sub_path), holder) = next(iter(places.items()))
+    source = next((v.api_object_source for v in volumes if v.name == name), None)
+    if source is not None:
+        # The sidecar prints the file to whoever may read the pod's logs (the `view` role may),
+        # who need not be allowed to read the Secret or ConfigMap behind it (`view` may not).
+        raise AnnotationError(
+            LOG_PATH,
+            value,
+            f"has its directory {directory} on the {source} volume {name!r} of container {holder!r}, "
+            "whose files are API objects: the sidecar would show them to whoever may read the pod's logs",
+            "a log directory on a volume of the pod's own files (emptyDir, persistentVolumeClaim, ...) "
+            "or on none",
+        )
+    if lacking and len(accesses) > 1:
+        # A target without the mount gets a copy of the others' access, never more than the pod
+        # gave. When they differ there is no copy to make: granting the writable one would widen
+        # a read-only mount, and the read-only one would keep an app from writing its log.
+        seen = "; ".join(f"container {c!r} mounts it {a}" for a, c in accesses.items())
+        raise AnnotationError(
+            LOG_PATH,
+            value,
+            f"has its directory {directory} on volume {name!r}, which the target containers mount with "
+            f"different access ({seen}), so the webhook cannot tell which to give "
+            f"{', '.join(repr(c) for c in lacking)}",
+            f"the target containers to mount the log directory alike, or {CONTAINERS} to name those "
+            "that should get it",
+        )
+    # The sidecar only reads: read-only always, and recursively so where any target's mount is.
+    recursive = max((a.recursive for a in accesses), key=lambda r: _RECURSIVE_STRENGTH.get(r, 0))
+    return Place(name, sub_path, next(iter(accesses)), Access(read_only=True, recursive=recursive))

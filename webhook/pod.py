@@ -8,6 +8,8 @@ A field is None when the object doesn't have it, which the patch needs to know: 
 array is added whole, a present one is appended to.
 """
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -20,6 +22,9 @@ class VolumeMount(_View):
     mount_path: str = Field(alias="mountPath")
     sub_path: str = Field("", alias="subPath")
     sub_path_expr: str = Field("", alias="subPathExpr")
+    read_only: bool = Field(False, alias="readOnly")
+    # Disabled, IfPossible or Enabled; None when not said, which Kubernetes reads as Disabled.
+    recursive_read_only: str | None = Field(None, alias="recursiveReadOnly")
 
 
 class SecurityContext(_View):
@@ -38,6 +43,26 @@ class Container(_View):
 
 class Volume(_View):
     name: str
+    # The sources whose files are API objects: a Secret's or a ConfigMap's data, the pod's own fields,
+    # ServiceAccount tokens (projected). Only whether one is there is read, so they are Any: nothing of
+    # them is checked or copied (typed as dicts, they made reading a pod with two token volumes 2-3 µs
+    # slower, against 5.5 µs for the whole pod).
+    secret: Any = None
+    config_map: Any = Field(None, alias="configMap")
+    projected: Any = None
+    downward_api: Any = Field(None, alias="downwardAPI")
+
+    @property
+    def api_object_source(self) -> str | None:
+        """The source's field name (secret, configMap, projected, downwardAPI) if its files are API
+        objects, else None."""
+        sources = {
+            "secret": self.secret,
+            "configMap": self.config_map,
+            "projected": self.projected,
+            "downwardAPI": self.downward_api,
+        }
+        return next((field for field, source in sources.items() if source is not None), None)
 
 
 class Metadata(_View):

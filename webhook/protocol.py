@@ -12,7 +12,7 @@ the answer is 431 and the connection is closed.
 
 Room for new connections: uvicorn answers 503 to every request while MAX_CONNECTIONS connections are
 open, idle ones included, so a client holding that many idle connections stopped all injection. As
-nginx does, a connection that opens at the limit closes the connection that has waited on its client
+nginx does, a connection that opens near the limit closes the connection that has waited on its client
 the longest instead, if that is more than CLOSABLE_AFTER_SECONDS: idle (kept alive between requests,
 or not yet past its headers), or still sending its body. Only a server whose connections are all busy
 with a request, or began to wait just now, answers 503.
@@ -21,11 +21,16 @@ One write: uvicorn writes a response's headers and its body as they come, each i
 and system call. Holding the writes of one turn of the event loop and sending them together, as
 Go's buffered response writer does, makes a review one record and one call: 6,600 -> 8,300 reviews/s
 (README, "Performance"). Nothing waits longer than that turn.
+
+Client certificate: when the client sent one (the server asks only with --client-ca-file, and the TLS
+layer has verified it against that CA by then), each request's scope carries it as the ASGI TLS
+extension, for /mutate to require.
 """
 
 import asyncio
 import heapq
 import logging
+import ssl
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -64,6 +69,7 @@ _HEADERS_TOO_LARGE = refuse(431, f"the request's headers are larger than {MAX_HE
 
 class HttpProtocol(HttpToolsProtocol):
     _header_deadline: asyncio.TimerHandle | None = None
+    _tls: dict[object, object] | None = None  # the ASGI TLS extension, when the client sent a certificate
     _header_bytes = 0
     # Since when the connection has waited on its client: opened, or its last answer sent (idle), or
     # its headers read (its body to come); None while the server works on a whole request. Of those
@@ -74,12 +80,21 @@ class HttpProtocol(HttpToolsProtocol):
         set_read_ahead = getattr(transport, "set_read_buffer_limits", None)
         if set_read_ahead is not None:  # TLS; plain TCP buffers nothing ahead of uvicorn
             set_read_ahead(high=TLS_READ_AHEAD_BYTES)
+        # Called once the handshake is done, so the peer's certificate is known (and verified).
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self._tls = client_certificate_extension(ssl_object)
         super().connection_made(transport)
         # Everything uvicorn writes goes through self.transport; its flow control keeps the real one.
         self.transport = OneWritePerTurn(transport, self.loop)  # type: ignore[assignment]
         self._waiting_since = self.loop.time()
         self._make_room()
         self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._tls is not None:
+            self.scope["extensions"] = {"tls": self._tls}
 
     def data_received(self, data: bytes) -> None:
         if self.transport.is_closing():
@@ -180,6 +195,24 @@ class HttpProtocol(HttpToolsProtocol):
 
 def _waiting_order(connection: HttpProtocol) -> float:
     return connection._waiting_since or 0.0
+
+
+_TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
+
+
+def client_certificate_extension(ssl_object: ssl.SSLObject) -> dict[object, object] | None:
+    """The ASGI TLS extension of a connection whose client sent a certificate; None if it sent none."""
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return None
+    return {
+        "server_cert": None,
+        "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)],
+        "client_cert_name": None,
+        "client_cert_error": None,  # a certificate that failed verification ended the handshake
+        "tls_version": _TLS_VERSIONS.get(ssl_object.version() or ""),
+        "cipher_suite": None,
+    }
 
 
 class OneWritePerTurn:

@@ -70,11 +70,13 @@ class _Server(uvicorn.Server):
         cert_dir: Path,
         drain: float,
         keeper: "ClusterCertificates | None" = None,
+        client_ca_file: Path | None = None,
         metrics: Config | None = None,
     ) -> None:
         super().__init__(config)
         self.state = state
         self.cert_dir = cert_dir
+        self.client_ca_file = client_ca_file
         self.drain = drain
         self.keeper = keeper
         self.metrics = metrics
@@ -108,7 +110,9 @@ class _Server(uvicorn.Server):
         else:
             self.state.ready = True
         self.config.load()
-        certificate = tls.ReloadingCertificate(self.cert_dir / tls.TLS_CERT, self.cert_dir / tls.TLS_KEY)
+        certificate = tls.ReloadingCertificate(
+            self.cert_dir / tls.TLS_CERT, self.cert_dir / tls.TLS_KEY, self.client_ca_file
+        )
         self.config.ssl = certificate.context
         tasks.append(asyncio.create_task(certificate.watch()))
         # What is alive now (modules, the app, its validators) lives as long as the process: frozen
@@ -169,7 +173,8 @@ def serve(settings: Settings) -> None:
     if settings.metrics_port:
         metrics_config = _config(metrics_endpoint(metrics), settings.host, settings.metrics_port)
         metrics_config.load()
-    _Server(config, state, settings.cert_dir, settings.shutdown_delay, keeper, metrics_config).run()
+    drain, client_ca = settings.shutdown_delay, settings.client_ca_file
+    _Server(config, state, settings.cert_dir, drain, keeper, client_ca, metrics_config).run()
 
 
 def _config(app: Any, host: str, port: int, **tls: Any) -> Config:

@@ -1,10 +1,11 @@
 """The one Settings object: built once by the entry point from flags and SIDECAR_WEBHOOK_* variables."""
 
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, FilePath, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from webhook.quantity import parse_quantity
@@ -43,7 +44,32 @@ def _positive(value: timedelta) -> timedelta:
     return value
 
 
+# An image reference as container runtimes parse it (the grammar of distribution/reference, which
+# containerd and CRI-O use): [registry[:port]/]path[:tag][@digest], the path lowercase.
+_HOST_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+_REGISTRY = rf"(?:{_HOST_LABEL}(?:\.{_HOST_LABEL})*(?::[0-9]+)?/)"
+_PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+_IMAGE = re.compile(
+    rf"(?P<name>{_REGISTRY}?{_PATH})(?::[\w][\w.-]{{0,127}})?(?:@(?:sha256:[a-f0-9]{{64}}|sha512:[a-f0-9]{{128}}))?",
+    re.ASCII,
+)
+_NAME_MAX = 255
+
+
+def _image_reference(value: str) -> str:
+    match = _IMAGE.fullmatch(value)
+    if match is None:
+        raise ValueError(
+            f"{value!r} is not an image reference; expected REGISTRY/PATH:TAG, optionally @sha256:DIGEST, "
+            "e.g. docker.io/library/busybox:1.37"
+        )
+    if len(match["name"]) > _NAME_MAX:
+        raise ValueError(f"{value!r} has a name longer than {_NAME_MAX} characters")
+    return value
+
+
 Quantity = Annotated[str, AfterValidator(_quantity)]
+ImageReference = Annotated[str, AfterValidator(_image_reference)]
 Duration = Annotated[timedelta, BeforeValidator(_seconds), AfterValidator(_positive)]
 Directories = Annotated[frozenset[str], AfterValidator(_absolute_dirs)]
 
@@ -65,6 +91,9 @@ class Settings(BaseSettings):
     shutdown_delay: float = Field(0.0, ge=0, le=60)
     # Off by default: a recording holds the whole pod, env values included.
     record_dir: Path | None = None
+    # A PEM bundle of the CAs whose client certificates may call /mutate (the API server's, set in its
+    # AdmissionConfiguration). None: any client that reaches the port may. Read at startup.
+    client_ca_file: FilePath | None = None
 
     # Where the serving certificate comes from. "files": tls.crt and tls.key in cert_dir, made by
     # someone else (`certs create`, cert-manager) and reloaded when they change. "cluster": the server
@@ -88,7 +117,11 @@ class Settings(BaseSettings):
     # How often the Secret and the caBundle are checked: the longest a drifted caBundle stays broken.
     check_interval: Duration = timedelta(seconds=30)
 
-    sidecar_image: str = Field("busybox:1.37", min_length=1)
+    # Fully qualified: a short name (busybox:1.37) is resolved by each node's runtime and its
+    # configuration, which may search other registries first (CRI-O's, podman's registries.conf) or
+    # refuse it. A digest (docker.io/library/busybox:1.37@sha256:...) pins the very image; the tag
+    # beside it is then for readers only.
+    sidecar_image: ImageReference = "docker.io/library/busybox:1.37"
     # Small but real: tail needs almost nothing, and a namespace with a ResourceQuota
     # rejects containers without requests and limits.
     sidecar_cpu_request: Quantity = "5m"
@@ -99,6 +132,13 @@ class Settings(BaseSettings):
     # annotations: a tail needs far less, so this is a ceiling against typos ("1" for "1m"), not a budget.
     sidecar_cpu_max: Quantity = "1"
     sidecar_memory_max: Quantity = "512Mi"
+
+    # The sizeLimit of the log volume (an emptyDir) the webhook adds, for pods without the
+    # sidecar.example/log-volume-size annotation: "" for none, so the volume takes what the node's disk
+    # has, bounded only by kubelet's node-pressure eviction (docs/logs.md). And the most a pod may ask
+    # for, a ceiling against typos ("500Gi" for "500Mi") more than a budget.
+    log_volume_size: Annotated[str, AfterValidator(lambda v: v and _quantity(v))] = ""
+    log_volume_size_max: Quantity = "10Gi"
 
     # A log directory here would get an emptyDir mounted over it, hiding what the image ships there.
     protected_dirs: Directories = frozenset(
@@ -120,6 +160,19 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"sidecar_{resource}_request {request}, _limit {limit} and _max {maximum} "
                     "must be in that order, each at most the next"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _log_volume_size_within_maximum(self) -> Self:
+        if self.log_volume_size:
+            size, maximum = (
+                parse_quantity(q).value for q in (self.log_volume_size, self.log_volume_size_max)
+            )
+            if not 0 < size <= maximum:
+                raise ValueError(
+                    f"log_volume_size {self.log_volume_size} must be above 0 and at most "
+                    f"log_volume_size_max {self.log_volume_size_max}"
                 )
         return self
 

@@ -33,7 +33,7 @@ from tests.e2e.cluster import (
 
 SEED_POD = ROOT / "tests" / "fixtures" / "manifests" / "01-seed-pod.yaml"
 LOG_PATH = "sidecar.example/log-path"
-IMAGE = "busybox:1.37"
+IMAGE = "docker.io/library/busybox:1.37"
 # `date`'s default format: the seed app writes one every 5 s.
 DATE = re.compile(r"^\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \w+ \d{4}$")
 # An app that stops on SIGTERM, as a well-behaved one does; it writes a line a second until then.
