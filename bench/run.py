@@ -236,6 +236,9 @@ def _start(work: Path, core: int) -> tuple[subprocess.Popen[bytes], int]:
             "serve",
             "--port",
             str(port),
+            # No metrics port: nothing here reads it, and a fixed one could be taken on this machine.
+            "--metrics-port",
+            "0",
             "--cert-dir",
             str(certs),
         ],

@@ -23,10 +23,15 @@ class RunningServer:
     port: int
     cert_dir: Path
     log_file: Path
+    metrics_port: int = 0
 
     @property
     def url(self) -> str:
         return f"https://localhost:{self.port}"
+
+    def metrics(self) -> str:
+        """What the plain-HTTP metrics port serves at /metrics."""
+        return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).raise_for_status().text
 
     def tls_context(self) -> ssl.SSLContext:
         """What the API server does: trust only the caBundle, check the host name."""
@@ -56,9 +61,10 @@ def free_ports(count: int) -> list[int]:
 def start_server(
     cert_dir: Path, *extra: str, env: dict[str, str] | None = None, port: int | None = None
 ) -> RunningServer:
-    """`sidecar-webhook serve` on `port` (a free one by default) with `extra` flags, its output in a log
-    file; not waited for."""
+    """`sidecar-webhook serve` on `port` (a free one by default), its metrics on another free port, with
+    `extra` flags, its output in a log file; not waited for."""
     port = port or free_port()
+    metrics_port = free_port()
     log_file = cert_dir.parent / f"server-{port}.log"
     with log_file.open("wb") as log:
         process = subprocess.Popen(
@@ -69,6 +75,8 @@ def start_server(
                 "serve",
                 "--port",
                 str(port),
+                "--metrics-port",
+                str(metrics_port),
                 "--cert-dir",
                 str(cert_dir),
                 *extra,
@@ -77,7 +85,7 @@ def start_server(
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
         )
-    return RunningServer(process, port, cert_dir, log_file)
+    return RunningServer(process, port, cert_dir, log_file, metrics_port)
 
 
 def stop_server(server: RunningServer) -> None:

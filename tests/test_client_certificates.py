@@ -92,8 +92,7 @@ def test_a_client_without_a_certificate_is_refused_with_403_before_its_body_is_r
         assert answer.status_code == 403
         assert answer.json()["error"].startswith("a client certificate is required")
         assert answer.headers["connection"] == "close"
-        metrics = client.get("/metrics").text
-    assert 'sidecar_webhook_refused_calls_total{status="403"} 1.0' in metrics
+    assert 'sidecar_webhook_refused_calls_total{status="403"} 1.0' in setup.server.metrics()
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/readyz"])

@@ -211,7 +211,7 @@ def test_servers_answer_ready_once_the_bundle_trusts_them(cluster: Cluster) -> N
     for server in cluster.servers:
         with server.client() as client:
             assert client.get("/readyz").status_code == 200
-            metrics = client.get("/metrics").text
+        metrics = server.metrics()
         expiry = re.findall(
             r'sidecar_webhook_certificate_expiry_timestamp_seconds\{certificate="(\w+)"\} (\S+)', metrics
         )

@@ -313,7 +313,8 @@ def test_network_policy_holds_the_webhook_pods_and_admits_only_the_tls_port() ->
     spec = network_policy()["spec"]
     assert selector_matches(spec["podSelector"], deployment()["spec"]["template"]["metadata"]["labels"])
     assert spec["policyTypes"] == ["Ingress"]
-    # One rule: the TLS port (the metrics port gets its rule when it exists, as the file says).
+    # One rule: the TLS port (the metrics port's rule names the Prometheus namespace: left to the
+    # reader, as the file says).
     (rule,) = spec["ingress"]
     assert [container_port(port["port"]) for port in rule["ports"]] == [8443]
     assert all(port["protocol"] == "TCP" for port in rule["ports"])
@@ -357,6 +358,24 @@ def test_container_listens_where_the_service_forwards() -> None:
     env = container_env()
     assert env["SIDECAR_WEBHOOK_HOST"] == "0.0.0.0"
     assert int(env["SIDECAR_WEBHOOK_PORT"]) == container_port("https")
+
+
+def test_metrics_have_a_container_port_of_their_own_that_the_service_does_not_forward() -> None:
+    # Whoever reaches the webhook's Service reaches /mutate and the probes, not the metrics.
+    env = container_env()
+    metrics_port = container_port("metrics")
+    assert (
+        int(env["SIDECAR_WEBHOOK_METRICS_PORT"]) == metrics_port == Settings.model_validate({}).metrics_port
+    )
+    assert metrics_port != container_port("https")
+    forwarded = [container_port(port["targetPort"]) for port in deploy_objects()["Service"]["spec"]["ports"]]
+    assert metrics_port not in forwarded
+    scrape = deployment()["spec"]["template"]["metadata"]["annotations"]
+    assert scrape == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(metrics_port),
+        "prometheus.io/path": "/metrics",
+    }
 
 
 def test_service_links_are_off_so_they_cannot_override_the_port_setting() -> None:

@@ -169,11 +169,13 @@ def test_health_and_readiness(client: httpx.Client) -> None:
     assert client.get("/readyz").json() == {"status": "ready"}
 
 
-def test_metrics_count_reviews_by_decision_and_reason_with_millisecond_buckets(client: httpx.Client) -> None:
+def test_metrics_count_reviews_by_decision_and_reason_with_millisecond_buckets(
+    server: RunningServer, client: httpx.Client
+) -> None:
     post_review(client, load_review("seed-pod"))
     post_review(client, load_review("bad-relative-path"))
     client.post("/mutate", content=b"nope", headers=JSON)
-    text = client.get("/metrics").text
+    text = server.metrics()
     samples = {
         line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
@@ -195,6 +197,20 @@ def test_metrics_count_reviews_by_decision_and_reason_with_millisecond_buckets(c
         "1.0",
         "+Inf",
     ]
+
+
+def test_metrics_are_served_on_their_own_plain_http_port_and_not_on_the_tls_port(
+    server: RunningServer, client: httpx.Client
+) -> None:
+    # Whoever reaches the TLS port (every pod, in a cluster) can't read the metrics there.
+    assert client.get("/metrics").status_code == 404
+    metrics = f"http://127.0.0.1:{server.metrics_port}"
+    assert httpx.get(f"{metrics}/metrics").headers["content-type"].startswith("text/plain")
+    # And the metrics port serves nothing else.
+    assert httpx.post(f"{metrics}/mutate", json=load_review("seed-pod")).status_code == 404
+    assert httpx.get(f"{metrics}/healthz").status_code == 404
+    refused = httpx.post(f"{metrics}/metrics")
+    assert (refused.status_code, refused.headers["allow"]) == (405, "GET")
 
 
 def test_each_review_is_one_json_log_line_with_uid_pod_decision_and_latency(

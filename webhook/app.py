@@ -50,6 +50,15 @@ LARGE_BODIES_AT_ONCE = 4
 # still has time. (Calls that come in together reach the wait a dispatch apart, about 0.1 ms each,
 # so without this a turn freed at one call's deadline went to one behind it with just that left.)
 LAST_TURN_SHARE = 0.02
+# Once it has its turn, a large body must come at least this fast, after half a second: a client
+# trickling its body would otherwise hold a turn to the end of its 10 s, and four of them kept every
+# other large review waiting (an honest 100 kB review took 9.5 s, past the API server's timeout).
+# The API server sends a review in one write over the cluster's network, at tens of MiB/s or more;
+# 4 MiB/s is a slow link's speed, and reads the largest body (8 MiB) in 2.5 s. A turn then lasts at
+# most 0.5 s plus the body's length at that rate (0.52 s for 100 kB), and holding the four turns for
+# longer costs a client 16 MiB/s of real bytes, not four idle connections.
+TURN_GRACE_SECONDS = 0.5
+MIN_BODY_BYTES_PER_SECOND = 4 * 1024 * 1024
 
 _log = logging.getLogger("sidecar_webhook.review")
 _lines = logs.Lines(_log.name)
@@ -58,7 +67,8 @@ _HEALTHY = orjson.dumps({"status": "ok"})
 _REFUSALS = {
     400: "not an AdmissionReview (not JSON, no request or uid, an object that is not Pod-shaped)",
     403: "no client certificate, where the server requires one (--client-ca-file)",
-    408: f"the body did not arrive within {BODY_TIMEOUT_SECONDS:g} s of the headers",
+    408: f"the body did not arrive within {BODY_TIMEOUT_SECONDS:g} s of the headers, or a body over "
+    f"{LARGE_BODY_BYTES} bytes came slower than {MIN_BODY_BYTES_PER_SECOND} bytes/s once its turn came",
     413: f"the body is larger than {MAX_BODY_BYTES} bytes",
     415: "the content type is not application/json",
     503: f"no turn to read a body over {LARGE_BODY_BYTES} bytes came in time to read it",
@@ -140,8 +150,9 @@ class PlainRoute(APIRoute):
 def create_app(
     settings: Settings, state: ServingState | None = None, metrics: Metrics | None = None
 ) -> FastAPI:
-    """The service; `state` and `metrics` are shared with the server, which sets readiness and
-    counts certificate work in the same registry as the reviews."""
+    """The service; `state` and `metrics` are shared with the server, which sets readiness, counts
+    certificate work in the same registry as the reviews and serves them on the metrics port (never
+    on this one: whoever reaches the TLS port could read them, or forge reviews into them)."""
     serving = state if state is not None else ServingState(ready=True)
     metrics = metrics if metrics is not None else Metrics()
     large_bodies = asyncio.Semaphore(LARGE_BODIES_AT_ONCE)
@@ -226,10 +237,6 @@ def create_app(
         status = serving.status()
         return Response(orjson.dumps({"status": status}), 200 if status == "ready" else 503, media_type=_JSON)
 
-    @app.get("/metrics", summary="Prometheus metrics")
-    async def prometheus() -> Response:
-        return Response(metrics.render(), media_type=metrics.content_type)
-
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
@@ -269,10 +276,12 @@ async def _read_body(request: Request, large_bodies: asyncio.Semaphore) -> Revie
     length = int(declared) if declared.isdigit() else None  # None: chunked, of unknown length
     if length is not None and length > MAX_BODY_BYTES:
         raise Refused(_too_large(), started, body_unread=True)
-    deadline = asyncio.get_running_loop().time() + BODY_TIMEOUT_SECONDS
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + BODY_TIMEOUT_SECONDS
     # A body of unknown length counts as large. The turn ends once the body is read: the review
     # that follows runs without an await, so no other body is read while this one is held.
     large = length is None or length > LARGE_BODY_BYTES
+    too_slow = f"the body did not arrive within {BODY_TIMEOUT_SECONDS:g} s"
     if large:
         try:
             async with asyncio.timeout_at(deadline - BODY_TIMEOUT_SECONDS * LAST_TURN_SHARE):
@@ -284,12 +293,19 @@ async def _read_body(request: Request, large_bodies: asyncio.Semaphore) -> Revie
                 f"this one within {BODY_TIMEOUT_SECONDS:g} s",
             )
             raise Refused(reply, started, body_unread=True) from None
+        at_rate = loop.time() + TURN_GRACE_SECONDS + (length or MAX_BODY_BYTES) / MIN_BODY_BYTES_PER_SECOND
+        if at_rate < deadline:
+            deadline = at_rate
+            size = "of unknown length" if length is None else f"of {length} bytes"
+            too_slow = (
+                f"the body {size} came slower than {MIN_BODY_BYTES_PER_SECOND} bytes/s "
+                f"(after {TURN_GRACE_SECONDS:g} s) once its turn to be read came"
+            )
     try:
         async with asyncio.timeout_at(deadline):
             return ReviewBody(await _receive_whole(request, started), started)
     except TimeoutError:
-        reply = refuse(408, f"the body did not arrive within {BODY_TIMEOUT_SECONDS:g} s")
-        raise Refused(reply, started, body_unread=True) from None
+        raise Refused(refuse(408, too_slow), started, body_unread=True) from None
     finally:
         if large:
             large_bodies.release()

@@ -56,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the webhook over HTTPS")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8443)")
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        help="plain-HTTP port for /metrics on the same host (default 9090; 0: off)",
+    )
     serve.add_argument("--cert-dir", type=Path, help="directory with tls.crt and tls.key (default certs)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument(
@@ -162,8 +167,8 @@ def _parser() -> argparse.ArgumentParser:
 def _settings(args: argparse.Namespace) -> Settings:
     """Flags win over SIDECAR_WEBHOOK_* variables, which win over the defaults."""
     names = (
-        *("host", "port", "cert_dir", "log_level", "record_dir", "client_ca_file", "shutdown_delay"),
-        "certificates",
+        *("host", "port", "metrics_port", "cert_dir", "log_level", "record_dir", "client_ca_file"),
+        *("shutdown_delay", "certificates"),
         *("secret_namespace", "secret_name", "webhook_configuration", "service_name", "service_namespace"),
         *("extra_hosts", *DURATION_FLAGS),
     )

@@ -1,5 +1,7 @@
-"""Prometheus metrics of the service, in a registry of its own (one per app, nothing global)."""
+"""Prometheus metrics of the service, in a registry of its own (one per app, nothing global), and the
+plain-HTTP endpoint that serves them on a port of their own."""
 
+import orjson
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -8,6 +10,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 # The API server waits for us on every opted-in pod creation: what matters is the
 # milliseconds, up to the webhook timeout of a few seconds.
@@ -55,3 +59,24 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def metrics_endpoint(metrics: Metrics) -> ASGIApp:
+    """GET /metrics, and 404 or 405 for anything else: all the metrics port serves."""
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] != "/metrics":
+            response = _error(404, f"{scope['path']} is not served here: GET /metrics")
+        elif scope["method"] not in ("GET", "HEAD"):
+            response = _error(405, "/metrics takes GET only", {"allow": "GET"})
+        else:
+            response = Response(metrics.render(), media_type=metrics.content_type)
+        await response(scope, receive, send)
+
+    return endpoint
+
+
+def _error(status: int, error: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps({"error": error}), status, headers, media_type="application/json")

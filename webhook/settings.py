@@ -81,6 +81,9 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8443, ge=1, le=65535)
+    # Prometheus metrics over plain HTTP on a port of their own, so that the TLS port faces only the API
+    # server and the probes (whatever reaches a port can call it). 0: no metrics port.
+    metrics_port: int = Field(9090, ge=0, le=65535)
     cert_dir: Path = Path("certs")
     log_level: str = Field("info", pattern="^(debug|info|warning|error)$")
     # Seconds to keep serving after SIGTERM with /readyz at 503, so load balancers stop sending first.
