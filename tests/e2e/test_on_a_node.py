@@ -367,7 +367,8 @@ def test_uninstalling_leaves_nothing_behind(namespace: str) -> None:
     install("down")
     assert kubectl("get", "namespace", NAMESPACE, "--ignore-not-found", "-o", "name") == ""
     cluster_wide = (
-        "mutatingwebhookconfigurations,validatingwebhookconfigurations,clusterroles,clusterrolebindings"
+        "mutatingwebhookconfigurations,validatingwebhookconfigurations,clusterroles,clusterrolebindings,"
+        "validatingadmissionpolicies,validatingadmissionpolicybindings"
     )
     assert kubectl("get", cluster_wide, "-l", "app.kubernetes.io/name=sidecar-webhook", "-o", "name") == ""
     assert (
