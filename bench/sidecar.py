@@ -102,12 +102,19 @@ def started(name: str) -> dict[str, Any]:
     return wait_for(running, f"pod {name} running")
 
 
-def records(pod: dict[str, Any], container: str) -> list[tuple[datetime, bytes]]:
-    """The container's log on the node, rotated files included: (time containerd got it, line)."""
-    directory = POD_LOGS / f"{NAMESPACE}_{pod['metadata']['name']}_{pod['metadata']['uid']}" / container
+def log_directory(pod: dict[str, Any], container: str) -> Path:
+    """Where the kubelet keeps a container's log on the node: what a node log agent reads."""
+    meta = pod["metadata"]
+    return POD_LOGS / f"{meta['namespace']}_{meta['name']}_{meta['uid']}" / container
+
+
+def container_log(directory: Path) -> list[tuple[datetime, bytes]]:
+    """A container's log as the node keeps it, rotated files included (the kubelet rotates at 10 MiB, the
+    older files gzipped): (the time containerd got the line, the line). CRI records are `TIME STREAM TAG
+    TEXT`, tag P for a part of a longer line; a part never completed (a cut line) comes last as it is."""
     files = sorted(directory.iterdir(), key=lambda f: (f.name == "0.log", f.name.removesuffix(".gz")))
     out: list[tuple[datetime, bytes]] = []
-    part = b""
+    part, stamp = b"", b""
     for file in files:
         data = gzip.decompress(file.read_bytes()) if file.name.endswith(".gz") else file.read_bytes()
         for record in data.splitlines():
@@ -116,14 +123,21 @@ def records(pod: dict[str, Any], container: str) -> list[tuple[datetime, bytes]]
             if tag == b"F":
                 out.append((datetime.fromisoformat(stamp.decode()), part))
                 part = b""
-    return out
+    return [*out, (datetime.fromisoformat(stamp.decode()), part)] if part else out
+
+
+def records(pod: dict[str, Any], container: str) -> list[tuple[datetime, bytes]]:
+    return container_log(log_directory(pod, container))
 
 
 def last_record(pod: dict[str, Any], container: str) -> tuple[datetime, bytes] | None:
     """The newest line of the container's log, read from the end of the newest file that has one (the
     kubelet may have just rotated the current file away)."""
-    directory = POD_LOGS / f"{NAMESPACE}_{pod['metadata']['name']}_{pod['metadata']['uid']}" / container
-    files = [f for f in directory.glob("0.log*") if not f.name.endswith(".gz") and f.stat().st_size]
+    files = [
+        f
+        for f in log_directory(pod, container).glob("0.log*")
+        if not f.name.endswith(".gz") and f.stat().st_size
+    ]
     if not files:
         return None
     newest = max(files, key=lambda f: (f.name == "0.log", f.name))

@@ -6,7 +6,6 @@ asserted.
 Each app is a busybox script that runs its scenario on its own clock (its sleeps are the scenario) and
 ends with `written N`; the pods run to completion, so their sidecars are native and stop after the app."""
 
-import gzip
 import json
 import os
 import subprocess
@@ -18,14 +17,13 @@ from typing import Any
 
 import pytest
 
+from bench.sidecar import POD_LOGS, container_log, log_directory
 from tests.e2e.cluster import MEASURED, ROOT, apply, get, kubectl, wait_for
 
 LOG_PATH = "sidecar.example/log-path"
 IMAGE = "busybox:1.37"
 # Numbered lines: `w FROM TO` writes "line FROM" .. "line TO-1" to stdout, one write each, as loggers do.
 WRITE = 'w() { i=$1; while [ $i -lt $2 ]; do echo "line $i"; i=$((i + 1)); done; }; cd /var/log; '
-# Where the kubelet keeps container logs on the node: what a node log agent ships, rotated files included.
-POD_LOGS = Path("/var/log/pods")
 
 
 def run_to_completion(name: str, script: str, namespace: str) -> None:
@@ -131,23 +129,10 @@ def test_a_restarted_sidecar_resumes_where_it_stopped(namespace: str) -> None:
     MEASURED["sidecar restart: lines before / after"] = len(before)
 
 
-def node_log_lines(namespace: str, pod: dict[str, Any], container: str) -> list[bytes]:
-    """The container's log as the node keeps it, its rotated files included (kubelet rotates at 10 MiB,
-    and `kubectl logs` shows only the current file): what a node log agent ships. CRI lines are
-    `TIME STREAM TAG TEXT`; tag P marks a part of a longer line."""
-    directory = POD_LOGS / f"{namespace}_{pod['metadata']['name']}_{pod['metadata']['uid']}" / container
-    # Rotated files are 0.log.TIMESTAMP (the older ones gzipped); the current one is 0.log.
-    files = sorted(directory.iterdir(), key=lambda f: (f.name == "0.log", f.name.removesuffix(".gz")))
-    lines, part = [], b""
-    for file in files:
-        data = gzip.decompress(file.read_bytes()) if file.name.endswith(".gz") else file.read_bytes()
-        for record in data.splitlines():
-            _, _, tag, text = record.split(b" ", 3) if record.count(b" ") >= 3 else (*record.split(b" "), b"")
-            part += text
-            if tag == b"F":
-                lines.append(part)
-                part = b""
-    return [*lines, part] if part else lines
+def node_log_lines(pod: dict[str, Any], container: str) -> list[bytes]:
+    """The container's log as the node keeps it, rotated files included (`kubectl logs` shows only the
+    current file): what a node log agent ships."""
+    return [line for _, line in container_log(log_directory(pod, container))]
 
 
 def seconds_between(earlier: str, later: str) -> float:
@@ -170,7 +155,7 @@ def test_a_job_ending_with_a_100_mb_burst_gets_every_line_at_the_default_resourc
     assert (sidecar["exitCode"], sidecar["reason"]) == (0, "Completed"), (
         "drained, not killed at the grace end"
     )
-    lines = node_log_lines(namespace, pod, "log-app")
+    lines = node_log_lines(pod, "log-app")
     expected = [
         b"start",
         *(b"line padded to fifty bytes of text %d" % i for i in range(1, count + 1)),
