@@ -1,10 +1,12 @@
 """Run the HTTPS service: certificates, uvicorn over TLS, limits, readiness and graceful shutdown."""
 
 import asyncio
+import errno
 import gc
 import logging
 import resource
 import socket
+import ssl
 import time
 from pathlib import Path
 from types import FrameType
@@ -15,6 +17,7 @@ import uvicorn
 from webhook import logs, tls
 from webhook.app import ServingState, create_app
 from webhook.metrics import Metrics
+from webhook.mistakes import SetupError, os_problem
 from webhook.protocol import HttpProtocol
 from webhook.settings import Settings
 
@@ -61,10 +64,9 @@ class _Server(uvicorn.Server):
             tasks.append(asyncio.create_task(self.keeper.run()))
         else:
             self.state.ready = True
+        certificate = self._load_certificate()
         self.config.load()
-        certificate = tls.ReloadingCertificate(
-            self.cert_dir / tls.TLS_CERT, self.cert_dir / tls.TLS_KEY, self.client_ca_file
-        )
+        _log.info("listening on https://%s", ", ".join(_address(s) for s in sockets or ()))
         self.config.ssl = certificate.context
         tasks.append(asyncio.create_task(certificate.watch()))
         # What is alive now (modules, the app, its validators) lives as long as the process: frozen
@@ -76,6 +78,25 @@ class _Server(uvicorn.Server):
         finally:
             for task in tasks:
                 task.cancel()
+
+    def _load_certificate(self) -> tls.ReloadingCertificate:
+        cert_file, key_file = self.cert_dir / tls.TLS_CERT, self.cert_dir / tls.TLS_KEY
+        try:
+            return tls.ReloadingCertificate(cert_file, key_file, self.client_ca_file)
+        except OSError as error:  # ssl.SSLError is one too
+            if self.client_ca_file is not None and error.filename == self.client_ca_file:
+                raise SetupError(
+                    f"cannot use the client CA file: {os_problem(error)}: give a PEM file of CA "
+                    "certificates with --client-ca-file or SIDECAR_WEBHOOK_CLIENT_CA_FILE"
+                ) from None
+            problem = os_problem(error)
+            if isinstance(error, ssl.SSLError):  # read, but OpenSSL's words ("[SSL] PEM lib") say little
+                problem = "they are not a PEM certificate and its private key"
+            raise SetupError(
+                f"cannot serve {cert_file} with {key_file}: {problem}: make a readable pair with "
+                "`sidecar-webhook certs create --out DIR` and give DIR with --cert-dir or "
+                "SIDECAR_WEBHOOK_CERT_DIR (or remove both files to get a development certificate)"
+            ) from None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # /readyz answers 503 from the first signal on. With a drain delay the server keeps serving
@@ -97,8 +118,13 @@ class _Server(uvicorn.Server):
 
 
 def serve(settings: Settings) -> None:
+    """Run until SIGTERM; a set-up mistake (the port, the certificate files) raises SetupError before
+    anything is served."""
     logs.configure(settings.log_level)
     _allow_all_file_descriptors()
+    # Bound before anything else, so that a port in use is said first and plainly (uvicorn would log its
+    # errno after "Started server process" and exit 1).
+    listeners = _listen(settings.host, settings.port)
     cert_file, key_file = settings.cert_dir / tls.TLS_CERT, settings.cert_dir / tls.TLS_KEY
     state, metrics = ServingState(), Metrics()
     app = create_app(settings, state, metrics)
@@ -112,7 +138,14 @@ def serve(settings: Settings) -> None:
         # Imported only here: `cryptography` would hold ~8 MiB of the server's memory for good.
         from webhook import pki
 
-        pki.ensure_development_certificate(settings.cert_dir)
+        try:
+            pki.ensure_development_certificate(settings.cert_dir)
+        except OSError as error:
+            raise SetupError(
+                f"cannot create a development certificate in {settings.cert_dir}: {os_problem(error)}: "
+                "give a directory you can write with --cert-dir or SIDECAR_WEBHOOK_CERT_DIR, or put tls.crt "
+                f"and tls.key in it with `sidecar-webhook certs create --out {settings.cert_dir}`"
+            ) from None
         _log.warning(
             "no certificate in %s: created a development CA and a certificate for %s; clients must trust %s",
             settings.cert_dir,
@@ -136,7 +169,48 @@ def serve(settings: Settings) -> None:
         # The API server calls us directly: there is no proxy whose headers to trust or to parse.
         proxy_headers=False,
     )
-    _Server(config, state, settings.cert_dir, settings.shutdown_delay, keeper, settings.client_ca_file).run()
+    drain = settings.shutdown_delay
+    _Server(config, state, settings.cert_dir, drain, keeper, settings.client_ca_file).run(listeners)
+
+
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """Sockets bound to each address of `host` (a name may have an IPv4 and an IPv6 one), as asyncio's
+    create_server binds them; uvicorn listens on them. Raises SetupError naming the port and the fix."""
+    bound: list[socket.socket] = []
+    try:
+        for family, kind, protocol, _, address in socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            listener = socket.socket(family, kind, protocol)
+            bound.append(listener)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            listener.bind(address)
+    except OSError as error:
+        for listener in bound:
+            listener.close()
+        where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+        if error.errno == errno.EADDRINUSE:
+            raise SetupError(
+                f"port {port} is already in use on {host} (another sidecar-webhook still running?): stop "
+                "what holds it, or pick another port with --port or SIDECAR_WEBHOOK_PORT"
+            ) from None
+        if error.errno == errno.EACCES:
+            raise SetupError(
+                f"cannot listen on {where}: permission denied (ports below 1024 need privileges): pick "
+                "another port with --port or SIDECAR_WEBHOOK_PORT"
+            ) from None
+        raise SetupError(
+            f"cannot listen on {where}: {os_problem(error)}: give an address of this machine with --host "
+            "or SIDECAR_WEBHOOK_HOST"
+        ) from None
+    return bound
+
+
+def _address(listener: socket.socket) -> str:
+    host, port = listener.getsockname()[:2]
+    return f"[{host}]:{port}" if listener.family == socket.AF_INET6 else f"{host}:{port}"
 
 
 def _allow_all_file_descriptors() -> None:
