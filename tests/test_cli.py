@@ -290,3 +290,16 @@ def test_lists_in_variables_may_be_json_or_separated_by_commas(monkeypatch: pyte
     monkeypatch.setenv("SIDECAR_WEBHOOK_PROTECTED_DIRS", "/data")
     assert Settings().protected_dirs == {"/data"}
     assert Settings(extra_hosts=["a.example"]).extra_hosts == ("a.example",)  # the flags give lists
+
+
+def test_review_prints_the_warnings_of_its_answer_on_stderr() -> None:
+    review = json.loads((ADMISSION / "seed-pod.json").read_text())
+    review["request"]["object"]["metadata"]["annotations"]["sidecar.example/cpu-requests"] = "100m"
+    printed = sidecar_webhook("review", "-f", "-", stdin=json.dumps(review).encode())
+    assert printed.returncode == 0
+    warning = (
+        'annotation "sidecar.example/cpu-requests" is not one sidecar-webhook knows and does nothing: '
+        "did you mean sidecar.example/cpu-request?"
+    )
+    assert json.loads(printed.stdout)["response"]["warnings"] == [warning]
+    assert printed.stderr.decode() == f"sidecar-webhook review: warning: {warning}\n"

@@ -236,6 +236,8 @@ def _review(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 1
+    for warning in reply.decision.warnings if reply.decision is not None else ():
+        print(f"sidecar-webhook review: warning: {warning}", file=sys.stderr)
     print(text)
     return 0
 
