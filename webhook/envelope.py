@@ -7,7 +7,7 @@ third of the time of building the whole object. Nothing is lost, since the patch
 what the view read and the object is never written back (webhook/pod.py).
 """
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -47,6 +47,32 @@ class AdmissionReview(_Envelope):
     api_version: Literal["admission.k8s.io/v1", "admission.k8s.io/v1beta1"] = Field(alias="apiVersion")
     kind: Literal["AdmissionReview"]
     request: AdmissionRequest
+
+
+class ObjectRequest(_Envelope):
+    """A request about any object, kept as the API server sent it: what /warn reads (a workload is
+    not a Pod, and its pod template is what matters)."""
+
+    uid: str = Field(min_length=1)
+    kind: GroupVersionKind
+    operation: str
+    namespace: str | None = None
+    name: str | None = None
+    dry_run: bool | None = Field(None, alias="dryRun")
+    object: dict[str, Any] | None = None
+
+    @property
+    def pod_name(self) -> str | None:
+        """Who the call is about, for logs: the request's name, else the object's."""
+        metadata = (self.object or {}).get("metadata")
+        named = metadata.get("name") or metadata.get("generateName") if isinstance(metadata, dict) else None
+        return self.name or (named if isinstance(named, str) else None)
+
+
+class ObjectReview(_Envelope):
+    api_version: Literal["admission.k8s.io/v1", "admission.k8s.io/v1beta1"] = Field(alias="apiVersion")
+    kind: Literal["AdmissionReview"]
+    request: ObjectRequest
 
 
 class _Answer(_Envelope):

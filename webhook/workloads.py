@@ -7,6 +7,7 @@ workloads the API server sends.
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from webhook import annotations
 from webhook.annotations import LOG_PATH
 
 # (API group, kind) -> where its pod template is. A Pod is its own template. Any other kind,
@@ -21,6 +22,17 @@ POD_TEMPLATES: dict[tuple[str, str], tuple[str, ...]] = {
     ("batch", "Job"): ("spec", "template"),
     ("batch", "CronJob"): ("spec", "jobTemplate", "spec", "template"),
 }
+
+
+def slips(group: str, kind: str, document: Mapping[str, Any]) -> tuple[str, ...]:
+    """The warnings for whoever writes `document` (a Pod or a workload): the trigger annotation beside
+    the pod template instead of in it, and names of ours that are not ours in the template. Warnings
+    only: nothing here changes or refuses an object."""
+    template_path = POD_TEMPLATES.get((group, kind))
+    if template_path is None:
+        return ()
+    template = annotations_of(at(document, template_path))
+    return (*misplaced_annotation(document, template_path), *annotations.unknown(template))
 
 
 def misplaced_annotation(document: Mapping[str, Any], template_path: Sequence[str]) -> list[str]:
