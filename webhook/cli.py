@@ -168,7 +168,12 @@ def _parser() -> argparse.ArgumentParser:
         dest="extra_hosts",
         action="append",
         default=[],
-        help="an extra DNS name or IP address (repeatable)",
+        help="an extra DNS name or IP address (repeatable); the names the certificate already has are kept",
+    )
+    create.add_argument(
+        "--replace-hosts",
+        action="store_true",
+        help="issue the certificate for the Service and the --host names only, dropping any other it had",
     )
     create.add_argument("--days", type=int, help="serving certificate lifetime in days (default: a year)")
     create.add_argument("--out", type=Path, default=Path("certs"), help="directory to write (certs)")
@@ -185,7 +190,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     show.add_argument("--dir", type=Path, default=Path("certs"), help="directory with the material (certs)")
     show.add_argument(
-        "--url", help="call this https URL instead of the Service (a webhook run outside the cluster)"
+        "--url",
+        help="call this https URL instead of the Service (a webhook run outside the cluster), e.g. "
+        "https://10.1.2.3:8443: /mutate and /warn are added; the certificate must cover its host",
     )
     show.add_argument(
         "--deploy-dir",
@@ -286,6 +293,12 @@ def _certs_create(args: argparse.Namespace, settings: Settings) -> int:
         print("sidecar-webhook certs create: --days must be at least 1", file=sys.stderr)
         return 2
     hosts = certs.service_hosts(args.service, args.namespace, args.extra_hosts)
+    kept = [] if args.replace_hosts or args.force else certs.kept_hosts(args.out, hosts)
+    if kept:
+        print(
+            f"{args.out}: keeping {', '.join(kept)}, which the certificate had (--replace-hosts drops them)"
+        )
+    hosts += kept
     try:
         said = certs.create(args.out, hosts, days=days, force=args.force)
     except OSError as error:
