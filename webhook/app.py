@@ -173,10 +173,15 @@ def create_app(
     # type other than JSON, a body over MAX_BODY_BYTES, too slow) raises Refused: HTTP 4xx with a
     # JSON body saying what is wrong. A pod the webhook refuses (a bad annotation) gets HTTP 200 and
     # an AdmissionReview with allowed: false and a message for the person who wrote the pod.
-    def answering(
-        review: Callable[[bytes, Settings], Reply], *, recorded: bool
-    ) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        """The endpoint of a path that takes AdmissionReviews and answers them with `review`."""
+    def reviews(
+        path: str,
+        summary: str,
+        request_model: type[BaseModel],
+        review: Callable[[bytes, Settings], Reply],
+        *,
+        recorded: bool,
+    ) -> None:
+        """A path that takes AdmissionReviews of `request_model` and answers them with `review`."""
 
         async def answer(request: Request) -> Response:
             if client_certificate_required and not _client_certified(request):
@@ -200,32 +205,34 @@ def create_app(
                 )
             return Response(reply.body, media_type=_JSON, background=recording)
 
-        return answer
+        app.post(
+            path,
+            summary=summary,
+            response_class=Response,
+            responses={
+                200: _documented(AdmissionReviewResponse, "the review, answered"),
+                **{code: _documented(Refusal, why) for code, why in _REFUSALS.items()},
+            },
+            openapi_extra={"requestBody": {"required": True, **_documented(request_model)}},
+        )(answer)
 
-    app.post(
+    reviews(
         "/mutate",
-        summary="Review a pod: the AdmissionReview back, in the version it came in, with a JSONPatch",
-        response_class=Response,
-        responses={
-            200: _documented(AdmissionReviewResponse, "the review, answered"),
-            **{code: _documented(Refusal, why) for code, why in _REFUSALS.items()},
-        },
-        openapi_extra={"requestBody": {"required": True, **_documented(AdmissionReview)}},
-    )(answering(admission.review, recorded=True))
-
+        "Review a pod: the AdmissionReview back, in the version it came in, with a JSONPatch",
+        AdmissionReview,
+        admission.review,
+        recorded=True,
+    )
     # A second webhook of the configuration, failurePolicy Ignore: it only warns (a workload with the
     # trigger annotation beside its pod template, a pod with a misspelled name of ours), so it is a
     # path of its own, whose answers can carry no patch and no refusal whatever the API server sends it.
-    app.post(
+    reviews(
         "/warn",
-        summary="Review a Pod or a workload for slips: allowed, never patched, with warnings for kubectl",
-        response_class=Response,
-        responses={
-            200: _documented(AdmissionReviewResponse, "the review, allowed, with any warnings"),
-            **{code: _documented(Refusal, why) for code, why in _REFUSALS.items()},
-        },
-        openapi_extra={"requestBody": {"required": True, **_documented(ObjectReview)}},
-    )(answering(admission.warn, recorded=False))
+        "Review a Pod or a workload for slips: allowed, never patched, with warnings for kubectl",
+        ObjectReview,
+        admission.warn,
+        recorded=False,
+    )
 
     @app.exception_handler(Refused)
     async def refused(request: Request, refusal: Refused) -> Response:

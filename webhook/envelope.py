@@ -25,7 +25,7 @@ class GroupVersionKind(_Envelope):
     kind: str
 
 
-class AdmissionRequest(_Envelope):
+class _Request(_Envelope):
     uid: str = Field(min_length=1)
     kind: GroupVersionKind
     operation: str
@@ -33,6 +33,9 @@ class AdmissionRequest(_Envelope):
     name: str | None = None
     sub_resource: str | None = Field(None, alias="subResource")
     dry_run: bool | None = Field(None, alias="dryRun")
+
+
+class AdmissionRequest(_Request):
     object: Pod | None = None
 
     @property
@@ -49,16 +52,10 @@ class AdmissionReview(_Envelope):
     request: AdmissionRequest
 
 
-class ObjectRequest(_Envelope):
+class ObjectRequest(_Request):
     """A request about any object, kept as the API server sent it: what /warn reads (a workload is
     not a Pod, and its pod template is what matters)."""
 
-    uid: str = Field(min_length=1)
-    kind: GroupVersionKind
-    operation: str
-    namespace: str | None = None
-    name: str | None = None
-    dry_run: bool | None = Field(None, alias="dryRun")
     object: dict[str, Any] | None = None
 
     @property
