@@ -303,3 +303,31 @@ def test_review_prints_the_warnings_of_its_answer_on_stderr() -> None:
     )
     assert json.loads(printed.stdout)["response"]["warnings"] == [warning]
     assert printed.stderr.decode() == f"sidecar-webhook review: warning: {warning}\n"
+
+
+def test_serve_with_a_client_ca_file_that_is_not_pem_says_so_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    error = one_line_error(
+        sidecar_webhook(
+            *("serve", "--cert-dir", str(tmp_path / "certs"), "--port", str(free_port())),
+            *("--client-ca-file", str(tmp_path / "ca.pem"), "--log-level", "error"),
+        )
+    )
+    assert error == (
+        f"sidecar-webhook serve: cannot use the client CA file: {tmp_path}/ca.pem: not a PEM file of CA "
+        "certificates: give a PEM file of the CA certificates that sign the API server's client certificate "
+        "with --client-ca-file or SIDECAR_WEBHOOK_CLIENT_CA_FILE\n"
+    )
+
+
+def test_any_other_os_error_of_a_command_is_one_line_too(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def denied(args: object, settings: object) -> int:
+        raise PermissionError(13, "Permission denied", "/somewhere/file")
+
+    monkeypatch.setattr(cli, "_openapi", denied)
+    assert cli.main(["openapi"]) == 2
+    assert capsys.readouterr().err == (
+        "sidecar-webhook openapi: /somewhere/file: Permission denied: check the path and its permissions\n"
+    )

@@ -84,12 +84,15 @@ class _Server(uvicorn.Server):
         try:
             return tls.ReloadingCertificate(cert_file, key_file, self.client_ca_file)
         except OSError as error:  # ssl.SSLError is one too
-            if self.client_ca_file is not None and error.filename == self.client_ca_file:
-                raise SetupError(
-                    f"cannot use the client CA file: {os_problem(error)}: give a PEM file of CA "
-                    "certificates with --client-ca-file or SIDECAR_WEBHOOK_CLIENT_CA_FILE"
-                ) from None
             problem = os_problem(error)
+            if self.client_ca_file is not None and error.filename == str(self.client_ca_file):
+                if isinstance(error, ssl.SSLError):
+                    problem = f"{self.client_ca_file}: not a PEM file of CA certificates"
+                raise SetupError(
+                    f"cannot use the client CA file: {problem}: give a PEM file of the CA certificates "
+                    "that sign the API server's client certificate with --client-ca-file or "
+                    "SIDECAR_WEBHOOK_CLIENT_CA_FILE"
+                ) from None
             if isinstance(error, ssl.SSLError):  # read, but OpenSSL's words ("[SSL] PEM lib") say little
                 problem = "they are not a PEM certificate and its private key"
             raise SetupError(
