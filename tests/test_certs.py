@@ -274,6 +274,12 @@ def test_create_with_a_host_keeps_the_names_the_certificate_had(tmp_path: Path) 
         [*HOSTS, "localhost", "127.0.0.1", "::1"]
     )
 
+    result = sidecar_webhook(*create, "--host", "127.0.0.1", "--force")  # new keys, the same names
+    assert result.returncode == 0, result.stderr
+    assert sorted(pki.hosts_of(load(tmp_path / "tls.crt"))) == sorted(
+        [*HOSTS, "localhost", "127.0.0.1", "::1"]
+    )
+
     result = sidecar_webhook(*create, "--host", "127.0.0.1", "--replace-hosts")
     assert result.returncode == 0, result.stderr
     assert "keeping" not in result.stdout

@@ -293,7 +293,7 @@ def _certs_create(args: argparse.Namespace, settings: Settings) -> int:
         print("sidecar-webhook certs create: --days must be at least 1", file=sys.stderr)
         return 2
     hosts = certs.service_hosts(args.service, args.namespace, args.extra_hosts)
-    kept = [] if args.replace_hosts or args.force else certs.kept_hosts(args.out, hosts)
+    kept = [] if args.replace_hosts else certs.kept_hosts(args.out, hosts)
     if kept:
         print(
             f"{args.out}: keeping {', '.join(kept)}, which the certificate had (--replace-hosts drops them)"
