@@ -331,3 +331,12 @@ def test_any_other_os_error_of_a_command_is_one_line_too(
     assert capsys.readouterr().err == (
         "sidecar-webhook openapi: /somewhere/file: Permission denied: check the path and its permissions\n"
     )
+
+
+def test_settings_that_contradict_each_other_are_one_line_naming_their_flags_and_variables() -> None:
+    error = one_line_error(sidecar_webhook("serve", "--serving-validity", "P300D"))
+    assert error == (
+        "sidecar-webhook serve: invalid settings: serving_validity must not be longer than ca_renew_before "
+        "(set with --ca-renew-before or SIDECAR_WEBHOOK_CA_RENEW_BEFORE; --serving-validity or "
+        "SIDECAR_WEBHOOK_SERVING_VALIDITY): correct the flag or the SIDECAR_WEBHOOK_* variable\n"
+    )

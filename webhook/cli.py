@@ -63,16 +63,23 @@ def _settings_problem(error: ValidationError | SettingsError, args: argparse.Nam
         message = problem["msg"].removeprefix("Value error, ")
         if problem["loc"]:
             name = _setting_names(str(problem["loc"][0]), args)
-            message = f"{name}: {message}, got {_shown(problem['input'])}"
-        problems.append(message)
-    return f"invalid setting {'; '.join(problems)}: correct the flag or the SIDECAR_WEBHOOK_* variable"
+            problems.append(f"invalid setting {name}: {message}, got {_shown(problem['input'])}")
+        else:  # settings that contradict each other, which the message names by field
+            fields = [f for f in Settings.model_fields if re.search(rf"\b{f}\b", message)]
+            named = "; ".join(_flag_and_variable(field, args) for field in fields)
+            problems.append(f"invalid settings: {message}" + (f" (set with {named})" if named else ""))
+    return f"{'; '.join(problems)}: correct the flag or the SIDECAR_WEBHOOK_* variable"
 
 
 def _setting_names(field: str, args: argparse.Namespace) -> str:
     """`port (--port or SIDECAR_WEBHOOK_PORT)`: the setting, its flag if the command has one, its variable."""
+    return f"{field} ({_flag_and_variable(field, args)})"
+
+
+def _flag_and_variable(field: str, args: argparse.Namespace) -> str:
     variable = f"SIDECAR_WEBHOOK_{field.upper()}"
     flag = SETTING_FLAGS.get(field, f"--{field.replace('_', '-')}") if hasattr(args, field) else ""
-    return f"{field} ({flag} or {variable})" if flag else f"{field} ({variable})"
+    return f"{flag} or {variable}" if flag else variable
 
 
 def _shown(value: object) -> str:
