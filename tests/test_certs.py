@@ -213,13 +213,77 @@ def test_manifests_are_a_tls_secret_and_the_webhook_configuration_with_its_ca_bu
 def test_manifests_with_url_call_that_url_and_leave_the_secret_out(tmp_path: Path) -> None:
     certs.create(tmp_path, [*HOSTS, "host.minikube.internal"])
     url = "https://host.minikube.internal:8443/mutate"
-    (configuration,) = certs.manifests(tmp_path, DEPLOY, url)
-    assert schema_errors(configuration) == []
-    for webhook in configuration["webhooks"]:
-        assert "service" not in webhook["clientConfig"]
-        assert webhook["clientConfig"]["url"] == url
+    for given in (url, "https://host.minikube.internal:8443", "https://host.minikube.internal:8443/"):
+        (configuration,) = certs.manifests(tmp_path, DEPLOY, given)
+        assert schema_errors(configuration) == []
+        for webhook in configuration["webhooks"]:
+            assert "service" not in webhook["clientConfig"]
+        # Each webhook at its own path on that server.
+        assert [webhook["clientConfig"]["url"] for webhook in configuration["webhooks"]] == [
+            url,
+            "https://host.minikube.internal:8443/warn",
+        ]
     with pytest.raises(certs.ManifestError, match="https only"):
         certs.manifests(tmp_path, DEPLOY, "http://host:8443/mutate")
+
+
+def test_manifests_refuse_a_url_whose_host_the_certificate_does_not_cover(tmp_path: Path) -> None:
+    certs.create(tmp_path, [*HOSTS, "10.1.2.3"])
+    assert certs.manifests(tmp_path, DEPLOY, "https://10.1.2.3:8443/mutate")
+    result = sidecar_webhook(
+        "certs", "manifests", "--dir", str(tmp_path), "--url", "https://10.9.9.9:8443/mutate"
+    )
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"sidecar-webhook certs manifests: --url 'https://10.9.9.9:8443/mutate': the certificate "
+        f"{tmp_path}/tls.crt does not cover 10.9.9.9 (it covers {', '.join([*HOSTS, '10.1.2.3'])}): add "
+        "it with `sidecar-webhook certs create --service ... --namespace ... "
+        f"--out {tmp_path} --host 10.9.9.9`, or call a host it covers\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("host", "covered"),
+    [
+        ("localhost", True),
+        ("LocalHost", True),
+        ("web.example", True),
+        ("a.web.example", False),
+        ("x.wild.example", True),
+        ("wild.example", False),
+        ("x.y.wild.example", False),
+        ("127.0.0.1", True),
+        ("::1", True),
+        ("0:0:0:0:0:0:0:1", True),
+        ("10.0.0.1", False),
+    ],
+)
+def test_a_host_is_covered_as_a_tls_client_checks_it(host: str, covered: bool) -> None:
+    assert certs.covers(["localhost", "web.example", "*.wild.example", "127.0.0.1", "::1"], host) is covered
+
+
+def test_create_with_a_host_keeps_the_names_the_certificate_had(tmp_path: Path) -> None:
+    pki.ensure_development_certificate(tmp_path)  # what `serve` makes: localhost, 127.0.0.1, ::1
+    create = ("certs", "create", "--service", SERVICE, "--namespace", NAMESPACE, "--out", str(tmp_path))
+    result = sidecar_webhook(*create, "--host", "127.0.0.1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(
+        f"{tmp_path}: keeping localhost, ::1, which the certificate had (--replace-hosts drops them)\n"
+    )
+    assert sorted(pki.hosts_of(load(tmp_path / "tls.crt"))) == sorted(
+        [*HOSTS, "localhost", "127.0.0.1", "::1"]
+    )
+
+    result = sidecar_webhook(*create, "--host", "127.0.0.1", "--force")  # new keys, the same names
+    assert result.returncode == 0, result.stderr
+    assert sorted(pki.hosts_of(load(tmp_path / "tls.crt"))) == sorted(
+        [*HOSTS, "localhost", "127.0.0.1", "::1"]
+    )
+
+    result = sidecar_webhook(*create, "--host", "127.0.0.1", "--replace-hosts")
+    assert result.returncode == 0, result.stderr
+    assert "keeping" not in result.stdout
+    assert pki.hosts_of(load(tmp_path / "tls.crt")) == [*HOSTS, "127.0.0.1"]
 
 
 def test_manifests_without_material_say_what_is_missing(tmp_path: Path) -> None:

@@ -170,12 +170,13 @@ def api(setup: Setup) -> Iterator[ControlPlane]:
 
 @contextmanager
 def webhook_at(api: ControlPlane, server: RunningServer, host: str) -> Iterator[None]:
-    """deploy/'s webhook configuration, calling the server at https://HOST:PORT/mutate; removed after."""
+    """deploy/'s webhook configuration, calling the server at https://HOST:PORT; removed after."""
     (configuration,) = [d for d in yaml.safe_load_all(DEPLOY_CONFIGURATION.read_text()) if d]
     configuration["metadata"]["name"] = f"sidecar-webhook-{host}"
-    (hook,) = configuration["webhooks"]
     ca = base64.b64encode((server.cert_dir / "ca.crt").read_bytes()).decode()
-    hook["clientConfig"] = {"url": f"https://{host}:{server.port}/mutate", "caBundle": ca}
+    for hook in configuration["webhooks"]:  # each at its own path: /mutate, /warn
+        path = hook["clientConfig"]["service"]["path"]
+        hook["clientConfig"] = {"url": f"https://{host}:{server.port}{path}", "caBundle": ca}
     api.kubectl("apply", "-f", "-", input=json.dumps(configuration))
     try:
         yield

@@ -54,9 +54,9 @@ def deploy_documents(name: str) -> list[dict[str, Any]]:
 
 
 def configuration_for(ports: list[int]) -> dict[str, Any]:
-    """deploy/'s configuration, without caBundle, with one webhook per replica called by URL."""
+    """deploy/'s configuration, without caBundle, with one injecting webhook per replica called by URL."""
     (configuration,) = deploy_documents("mutatingwebhookconfiguration.yaml")
-    (hook,) = configuration.pop("webhooks")
+    hook = configuration.pop("webhooks")[0]
     configuration["webhooks"] = []
     for index, port in enumerate(ports):
         replica = copy.deepcopy(hook)

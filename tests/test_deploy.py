@@ -76,9 +76,21 @@ def webhook_container() -> dict[str, Any]:
     return dict(container)
 
 
+def webhooks() -> dict[str, dict[str, Any]]:
+    return {hook["name"]: hook for hook in deploy_objects()["MutatingWebhookConfiguration"]["webhooks"]}
+
+
 def webhook() -> dict[str, Any]:
-    (hook,) = deploy_objects()["MutatingWebhookConfiguration"]["webhooks"]
-    return dict(hook)
+    """The webhook that injects: the configuration's first."""
+    return dict(webhooks()["log-sidecar.sidecar.example"])
+
+
+def warning_webhook() -> dict[str, Any]:
+    return dict(webhooks()["slips.sidecar.example"])
+
+
+def test_the_configuration_has_the_injecting_webhook_first_and_the_warning_one() -> None:
+    assert list(webhooks()) == ["log-sidecar.sidecar.example", "slips.sidecar.example"]
 
 
 def container_port(port: int | str) -> int:
@@ -781,19 +793,20 @@ def admission_request(name: str) -> dict[str, Any]:
 
 
 @functools.cache
-def match_condition_programs() -> list[celpy.Runner]:
+def match_condition_programs(name: str = "log-sidecar.sidecar.example") -> list[celpy.Runner]:
     environment = celpy.Environment()
-    return [environment.program(environment.compile(c["expression"])) for c in webhook()["matchConditions"]]
+    conditions = webhooks()[name]["matchConditions"]
+    return [environment.program(environment.compile(c["expression"])) for c in conditions]
 
 
-def webhook_is_called(request: dict[str, Any]) -> bool:
+def webhook_is_called(request: dict[str, Any], name: str = "log-sidecar.sidecar.example") -> bool:
     """Whether every matchCondition holds, with the variables the API server binds."""
     activation = {
         "object": celpy.json_to_cel(request.get("object")),
         "oldObject": celpy.json_to_cel(request.get("oldObject")),
         "request": celpy.json_to_cel(request),
     }
-    results = [program.evaluate(activation) for program in match_condition_programs()]
+    results = [program.evaluate(activation) for program in match_condition_programs(name)]
     # The API server rejects a condition that is not a bool, and with failurePolicy Fail the pod with it.
     assert all(isinstance(result, celpy.celtypes.BoolType) for result in results), results
     return all(results)
@@ -841,6 +854,76 @@ def test_match_conditions_are_true_for_an_empty_annotation_value() -> None:
     # The webhook, not the condition, answers "empty path" with a message a person can act on.
     request = {"operation": "CREATE", "object": {"metadata": {"annotations": {ANNOTATION: ""}}}}
     assert webhook_is_called(request) is True
+
+
+def warned(kind: str, metadata: dict[str, Any], group: str = "apps") -> bool:
+    """Whether the API server calls the warning webhook for an object of `kind` with `metadata`."""
+    request = {
+        "operation": "CREATE",
+        "kind": {"group": "" if kind == "Pod" else group, "version": "v1", "kind": kind},
+        "object": {"kind": kind, "metadata": metadata},
+    }
+    return webhook_is_called(request, "slips.sidecar.example")
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"])
+def test_the_warning_webhook_is_called_for_a_workload_with_log_path_on_its_own_metadata(kind: str) -> None:
+    assert warned(kind, {"name": "w", "annotations": {ANNOTATION: "/var/log/app.log"}})
+    assert not warned(kind, {"name": "w"})
+    assert not warned(kind, {"name": "w", "annotations": {"sidecar.example/mode": "native"}})
+
+
+@pytest.mark.parametrize(
+    ("annotations", "called"),
+    [
+        (None, False),
+        ({}, False),
+        ({"example.com/owner": "team-a"}, False),
+        ({"sidecar.example/logpath": "/var/log/app.log"}, True),
+        ({"sidecar.example/cpu-requests": "100m"}, True),
+        # The injecting webhook takes these; this one would only repeat its warnings.
+        ({ANNOTATION: "/var/log/app.log", "sidecar.example/cpu-requests": "100m"}, False),
+    ],
+)
+def test_the_warning_webhook_is_called_for_a_pod_with_our_prefix_but_no_log_path(
+    annotations: dict[str, str] | None, called: bool
+) -> None:
+    metadata: dict[str, Any] = (
+        {"name": "p"} if annotations is None else {"name": "p", "annotations": annotations}
+    )
+    assert warned("Pod", metadata) is called
+
+
+def test_the_warning_webhook_never_blocks_and_never_sees_what_it_cannot_warn_of() -> None:
+    hook = warning_webhook()
+    assert hook["clientConfig"]["service"] == {**webhook()["clientConfig"]["service"], "path": "/warn"}
+    assert hook["failurePolicy"] == "Ignore", "a warning must never keep a workload from being created"
+    assert (hook["sideEffects"], hook["reinvocationPolicy"]) == ("None", "Never")
+    assert hook["timeoutSeconds"] <= 5
+    assert hook["namespaceSelector"] == webhook()["namespaceSelector"]
+    assert hook["rules"] == [
+        {
+            "operations": ["CREATE"],
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "resources": ["pods"],
+            "scope": "Namespaced",
+        },
+        {
+            "operations": ["CREATE", "UPDATE"],
+            "apiGroups": ["apps"],
+            "apiVersions": ["v1"],
+            "resources": ["deployments", "statefulsets", "daemonsets", "replicasets"],
+            "scope": "Namespaced",
+        },
+        {
+            "operations": ["CREATE", "UPDATE"],
+            "apiGroups": ["batch"],
+            "apiVersions": ["v1"],
+            "resources": ["jobs", "cronjobs"],
+            "scope": "Namespaced",
+        },
+    ]
 
 
 # --- Dockerfile ---------------------------------------------------------------------------------------

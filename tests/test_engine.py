@@ -568,3 +568,60 @@ def test_a_container_that_only_resembles_the_sidecar_is_not_taken_for_it(setting
     )
     result = injected(pod, settings)
     assert container(result, "log-app")["command"][-2] == "/var/log/app.log"
+
+
+# --- names of ours that are not ours: warned of, never refused
+
+
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [
+        ("sidecar.example/cpu-requests", "sidecar.example/cpu-request"),
+        ("sidecar.example/Memory-Limit", "sidecar.example/memory-limit"),
+        ("sidecar.example/container", "sidecar.example/containers"),
+        ("sidecar.example/volume-size", "sidecar.example/log-volume-size"),
+    ],
+)
+def test_an_unknown_annotation_beside_log_path_is_warned_of_naming_the_closest_known_one(
+    written: str, meant: str, settings: Settings
+) -> None:
+    pod = make_pod({LOG_PATH: "/l/a.log", written: "100m"})
+    decision = decide_pod(pod, settings)
+    assert decision.outcome == "patched"
+    assert decision.warnings == (
+        f'annotation "{written}" is not one sidecar-webhook knows and does nothing: did you mean {meant}?',
+    )
+    assert decision.patch == decide_pod(make_pod({LOG_PATH: "/l/a.log"}), settings).patch
+
+
+def test_a_misspelled_log_path_alone_gets_no_sidecar_but_a_warning(settings: Settings) -> None:
+    decision = decide_pod(make_pod({"sidecar.example/logpath": "/l/a.log"}), settings)
+    assert (decision.outcome, decision.reason) == ("allowed", "no-annotation")
+    assert decision.warnings == (
+        'annotation "sidecar.example/logpath" is not one sidecar-webhook knows and does nothing: '
+        "did you mean sidecar.example/log-path?",
+    )
+
+
+def test_an_unknown_annotation_nothing_is_close_to_is_warned_of_with_the_known_ones(
+    settings: Settings,
+) -> None:
+    (warning,) = decide_pod(make_pod({"sidecar.example/enabled": "true"}), settings).warnings
+    assert warning.startswith('annotation "sidecar.example/enabled" is not one sidecar-webhook knows')
+    assert "it knows sidecar.example/containers, sidecar.example/cpu-limit," in warning
+
+
+def test_every_known_annotation_and_other_prefixes_get_no_warning(settings: Settings) -> None:
+    from webhook.annotations import KNOWN
+
+    assert "sidecar.example/injected" in KNOWN, "the webhook's own marker"
+    assert {"sidecar.example/log-path", "sidecar.example/log-volume-size"} <= KNOWN
+    pod = make_pod({LOG_PATH: "/l/a.log", "other.example/logpath": "x", "sidecar.example": "x"})
+    assert decide_pod(pod, settings).warnings == ()
+    assert decide_pod(injected(pod, settings), settings) == Decision.allow("already-injected")
+
+
+def test_a_denied_pod_still_hears_of_its_misspelled_annotation(settings: Settings) -> None:
+    decision = decide_pod(make_pod({LOG_PATH: "relative.log", "sidecar.example/mod": "native"}), settings)
+    assert decision.outcome == "denied"
+    assert decision.warnings and "did you mean sidecar.example/mode?" in decision.warnings[0]

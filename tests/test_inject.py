@@ -309,3 +309,19 @@ def test_a_workload_template_gets_exactly_what_the_webhook_gives_its_pods(pod: d
     expected = apply(pod, list(decision.patch))
     (printed,) = yaml.safe_load_all(manifests.render(injected.documents))
     assert printed["spec"]["template"] == {"metadata": expected["metadata"], "spec": expected["spec"]}
+
+
+def test_a_misspelled_annotation_is_warned_of_by_inject(inject: Inject, tmp_path: Path) -> None:
+    manifest = tmp_path / "pod.yaml"
+    manifest.write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations:\n"
+        "    sidecar.example/logpath: /var/log/app.log\n"
+        "spec:\n  containers: [{name: app, image: alpine}]\n"
+    )
+    run = inject(manifest)
+    assert run.code == 0
+    assert run.stderr == (
+        f"sidecar-webhook inject: warning: {manifest}, document 1 (Pod p): annotation "
+        '"sidecar.example/logpath" is not one sidecar-webhook knows and does nothing: '
+        "did you mean sidecar.example/log-path?\n"
+    )

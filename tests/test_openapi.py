@@ -11,7 +11,7 @@ from fastapi import FastAPI, Response
 
 from tests.kube import load_review
 from tests.test_cli import sidecar_webhook
-from webhook.admission import encode, review
+from webhook.admission import encode, review, warn
 from webhook.app import PlainRoute
 from webhook.decision import Decision
 from webhook.envelope import AdmissionReviewResponse, Refusal
@@ -42,11 +42,51 @@ def refs(node: Any) -> set[str]:
     return set()
 
 
-def test_openapi_command_prints_the_three_routes_of_the_tls_port(schema: dict[str, Any]) -> None:
+def test_openapi_command_prints_the_four_routes_of_the_tls_port(schema: dict[str, Any]) -> None:
     assert schema["openapi"].startswith("3.")
     assert schema["info"]["title"] == "sidecar-webhook"
     methods = {path: set(operations) for path, operations in schema["paths"].items()}
-    assert methods == {"/mutate": {"post"}, "/healthz": {"get"}, "/readyz": {"get"}}
+    assert methods == {
+        "/mutate": {"post"},
+        "/warn": {"post"},
+        "/healthz": {"get"},
+        "/readyz": {"get"},
+    }
+
+
+def test_warn_takes_a_review_of_any_object_and_answers_like_mutate(schema: dict[str, Any]) -> None:
+    warn, mutate = schema["paths"]["/warn"]["post"], schema["paths"]["/mutate"]["post"]
+    body = resolve(schema, warn["requestBody"]["content"]["application/json"]["schema"]["$ref"])
+    request = resolve(schema, body["properties"]["request"]["$ref"])
+    assert {"uid", "kind", "operation"} <= set(request["required"])
+    assert {code: answer["content"] for code, answer in warn["responses"].items()} == {
+        code: answer["content"] for code, answer in mutate["responses"].items()
+    }
+
+
+def test_every_warn_answer_fits_the_response_model_and_is_allowed_without_patch(settings: Settings) -> None:
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "annotations": {"sidecar.example/log-path": "/var/log/app.log"}},
+        "spec": {"template": {"metadata": {}, "spec": {"containers": []}}},
+    }
+    body = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "u",
+            "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+            "operation": "CREATE",
+            "object": deployment,
+        },
+    }
+    reply = warn(json.dumps(body).encode(), settings)
+    assert reply.status_code == 200
+    answered = AdmissionReviewResponse.model_validate_json(reply.body).response
+    assert (answered.allowed, answered.patch, answered.status) == (True, None, None)
+    assert answered.warnings and "put it in spec.template.metadata.annotations" in answered.warnings[0]
+    assert warn(b"[]", settings).status_code == 400
 
 
 def test_mutate_takes_an_admission_review_and_answers_one_or_a_refusal(schema: dict[str, Any]) -> None:

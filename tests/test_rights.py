@@ -106,6 +106,12 @@ class Install:
             for hook in self.configuration()["webhooks"]
         ]
 
+    def bundle(self) -> list[x509.Certificate]:
+        """The caBundle of the configuration, the same in each of its webhooks (/mutate's and /warn's)."""
+        first, *others = self.bundles()
+        assert len(others) == 1 and all(other == first for other in others), self.bundles()
+        return first
+
     def material(self) -> cluster_certs.Material:
         material = cluster_certs.decode(self.secret().get("data") or {})
         assert material is not None, "the Secret holds no certificates"
@@ -151,20 +157,20 @@ def test_the_first_look_fills_the_empty_secret_and_writes_the_ca_bundle_as_the_a
     install: Install, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert not install.secret().get("data"), "deploy/ ships the Secret empty"
-    assert install.bundles() == [[]]
+    assert install.bundle() == []
     with caplog.at_level(logging.INFO, logger="sidecar_webhook.certificates"):
         assert install.look() is True
     assert f"secret {NAMESPACE}/{SECRET} is empty: the first start" in caplog.text
     material = install.material()
     # Written by server-side apply as the account, with the policy in force: allowed.
-    assert install.bundles() == [[material.ca.cert]]
+    assert install.bundle() == [material.ca.cert]
     managers = {entry["manager"] for entry in install.configuration()["metadata"]["managedFields"]}
     assert "sidecar-webhook" in managers
     assert install.look() is False, "a second look finds nothing to do"
 
 
 def test_the_ca_bundle_alone_may_be_patched_by_the_account(install: Install) -> None:
-    (ca,) = install.bundles()[0]
+    (ca,) = install.bundle()
     pem = base64.b64encode(pki.cert_pem(ca)).decode()
     patch = [{"op": "replace", "path": "/webhooks/0/clientConfig/caBundle", "value": pem}]
     result = install.as_webhook(
@@ -229,6 +235,22 @@ HARMFUL_PATCHES: list[tuple[str, list[dict[str, Any]], str]] = [
     ),
     ("a longer timeout", [{"op": "replace", "path": "/webhooks/0/timeoutSeconds", "value": 30}], CALLED_HOW),
     ("a second webhook", [{"op": "add", "path": "/webhooks/-", "value": "SECOND"}], WEBHOOKS),
+    # The warning webhook (/warn) is guarded alike: sent more, or made to block what it only warns of.
+    (
+        "the warning webhook's rules to secrets",
+        [{"op": "add", "path": "/webhooks/1/rules/-", "value": {**RULE, "resources": ["secrets"]}}],
+        SENT,
+    ),
+    (
+        "the warning webhook's matchConditions removed",
+        [{"op": "remove", "path": "/webhooks/1/matchConditions"}],
+        SENT,
+    ),
+    (
+        "the warning webhook's failurePolicy Fail",
+        [{"op": "replace", "path": "/webhooks/1/failurePolicy", "value": "Fail"}],
+        CALLED_HOW,
+    ),
     (
         "cert-manager's CA injection asked for",
         [
@@ -394,7 +416,10 @@ def test_the_account_cannot_turn_its_secret_into_a_token_secret(install: Install
 
 def _write_bundle_as_admin(install: Install, cas: list[x509.Certificate]) -> None:
     pem = base64.b64encode(cluster_certs.pem_bundle(cas)).decode()
-    patch = [{"op": "replace", "path": "/webhooks/0/clientConfig/caBundle", "value": pem}]
+    patch = [
+        {"op": "replace", "path": f"/webhooks/{index}/clientConfig/caBundle", "value": pem}
+        for index in range(len(install.configuration()["webhooks"]))
+    ]
     install.api.kubectl(
         "patch", "mutatingwebhookconfiguration", CONFIGURATION, "--type=json", "-p", json.dumps(patch)
     )
@@ -409,7 +434,7 @@ def test_a_foreign_ca_newer_than_the_webhooks_own_is_dropped(
     _write_bundle_as_admin(install, [ours, foreign])
     with caplog.at_level(logging.WARNING, logger="sidecar_webhook.certificates"):
         assert install.look() is True
-    assert install.bundles() == [[ours]]
+    assert install.bundle() == [ours]
     assert f"dropping the CA {cluster_certs.serial(foreign)}" in caplog.text
 
 
@@ -443,10 +468,10 @@ def test_a_replica_whose_secret_is_a_moment_old_keeps_the_next_ca_another_replic
     assert install.look(_StaleReplica) is True, "it looks again instead of writing"
     next_ca = install.material().next_ca
     assert next_ca is not None
-    assert install.bundles() == [[install.material().ca.cert, next_ca.cert]]
+    assert install.bundle() == [install.material().ca.cert, next_ca.cert]
     # Its next look reads the new Secret: the next CA is its own now, and stays.
     install.look()
-    assert install.bundles() == [[install.material().ca.cert, next_ca.cert]]
+    assert install.bundle() == [install.material().ca.cert, next_ca.cert]
 
 
 # --- Upgrades: the Secret an earlier version created and filled ---------------------------------------
@@ -476,7 +501,7 @@ def test_starting_over_by_emptying_the_secret_makes_a_new_ca_and_keeps_the_old_o
     install: Install,
 ) -> None:
     # deploy/README.md, "Starting over": the command a user runs, then the next look of a replica.
-    (trusted,) = install.bundles()
+    trusted = install.bundle()
     assert install.material().ca.cert in trusted
     install.api.kubectl(
         *("-n", NAMESPACE, "patch", "secret", SECRET, "--type=json"),
@@ -487,7 +512,7 @@ def test_starting_over_by_emptying_the_secret_makes_a_new_ca_and_keeps_the_old_o
     new = install.material()
     assert new.ca.cert not in trusted
     # What the caBundle trusted stays trusted until the old replicas have picked up the new certificate.
-    assert install.bundles() == [[new.ca.cert, *trusted]]
+    assert install.bundle() == [new.ca.cert, *trusted]
     assert [r.cert for r in new.retired] == trusted
 
 
@@ -556,4 +581,4 @@ def test_a_ca_bundle_write_refused_by_another_policy_is_logged_as_such(
         assert "is another policy in the way? retrying" in caplog.text
     finally:
         install.api.kubectl("delete", "-f", "-", input=objects)
-    assert install.bundles() == [[]]
+    assert install.bundle() == []

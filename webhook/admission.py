@@ -14,8 +14,9 @@ from pydantic import ValidationError
 
 from webhook.decision import Decision
 from webhook.engine import decide
-from webhook.envelope import AdmissionRequest, AdmissionReview, error_details
+from webhook.envelope import AdmissionRequest, AdmissionReview, ObjectRequest, ObjectReview, error_details
 from webhook.settings import Settings
+from webhook.workloads import slips
 
 # What parsing a review costs grows with its JSON objects, not its bytes: 8 MiB of tiny containers
 # ({"name":"c1"}, 380,000 of them) took 1.1 s and 126 MiB to parse into the pod's view, on the event
@@ -32,7 +33,7 @@ class Reply:
 
     status_code: int
     body: bytes
-    request: AdmissionRequest | None = None
+    request: AdmissionRequest | ObjectRequest | None = None
     decision: Decision | None = None
     error: str = ""  # why a call was refused (4xx) or failed inside (internal error)
     internal_error: BaseException | None = None
@@ -60,6 +61,19 @@ def review(body: bytes, settings: Settings) -> Reply:
         decision = Decision(allowed=False, reason="internal-error", message=_INTERNAL_ERROR)
         body = encode(envelope.api_version, request.uid, decision, code=500)
         return Reply(200, body, request, decision, f"{type(error).__name__}: {error}", error)
+    return Reply(200, encode(envelope.api_version, request.uid, decision), request, decision)
+
+
+def warn(body: bytes, settings: Settings) -> Reply:
+    """Answer one AdmissionReview of /warn: allowed, never patched, with the warnings of `slips` for a
+    Pod or a workload (the API server hands them to kubectl). Never raises."""
+    try:
+        envelope = ObjectReview.model_validate_json(body)
+    except ValidationError as error:
+        return refuse(400, "the body is not a valid AdmissionReview", error_details(error))
+    request = envelope.request
+    found = slips(request.kind.group, request.kind.kind, request.object or {})
+    decision = Decision.allow("warned" if found else "no-slip", found)
     return Reply(200, encode(envelope.api_version, request.uid, decision), request, decision)
 
 

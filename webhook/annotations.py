@@ -1,5 +1,6 @@
 """The annotation contract: the names a pod author writes, and a table of parsers for their values."""
 
+import difflib
 import functools
 import json
 import re
@@ -11,6 +12,7 @@ from typing import Any
 from webhook.quantity import Quantity, parse_quantity
 from webhook.settings import Settings
 
+PREFIX = "sidecar.example/"
 LOG_PATH = "sidecar.example/log-path"
 CONTAINERS = "sidecar.example/containers"
 MODE = "sidecar.example/mode"
@@ -262,3 +264,25 @@ def _parse_values(found: tuple[str | None, ...], settings: Settings) -> LogReque
         resources=_resources(values, settings),
         volume_size=values[LOG_VOLUME_SIZE].text if values[LOG_VOLUME_SIZE] else settings.log_volume_size,
     )
+
+
+# Every name of the contract: those a pod author writes, and the webhook's own marker.
+KNOWN = frozenset({*_PARSERS, INJECTED})
+
+
+def unknown(found: Mapping[str, str]) -> tuple[str, ...]:
+    """A warning for each sidecar.example/ annotation that is not one of the contract, naming the
+    closest that is: a misspelled name (`sidecar.example/logpath`) would otherwise do nothing, silently."""
+    return tuple(_unknown_warning(name) for name in found if name.startswith(PREFIX) and name not in KNOWN)
+
+
+def _unknown_warning(name: str) -> str:
+    # Compared without the prefix, which every name shares and which would make any two look alike; the
+    # marker is the webhook's to write, never a suggestion.
+    written = sorted(known.removeprefix(PREFIX) for known in KNOWN - {INJECTED})
+    closest = difflib.get_close_matches(name.removeprefix(PREFIX).lower(), written, n=1, cutoff=0.6)
+    if closest:
+        hint = f"did you mean {PREFIX}{closest[0]}?"
+    else:
+        hint = f"it knows {', '.join(PREFIX + w for w in written)}"
+    return f"annotation {_quote(name)} is not one sidecar-webhook knows and does nothing: {hint}"

@@ -27,7 +27,13 @@ from starlette.exceptions import HTTPException
 
 from webhook import __version__, admission, logs, recordings
 from webhook.admission import Reply, refuse
-from webhook.envelope import AdmissionReview, AdmissionReviewResponse, Refusal
+from webhook.envelope import (
+    AdmissionRequest,
+    AdmissionReview,
+    AdmissionReviewResponse,
+    ObjectReview,
+    Refusal,
+)
 from webhook.metrics import Metrics
 from webhook.settings import Settings
 
@@ -178,32 +184,66 @@ def create_app(
     # type other than JSON, a body over MAX_BODY_BYTES, too slow) raises Refused: HTTP 4xx with a
     # JSON body saying what is wrong. A pod the webhook refuses (a bad annotation) gets HTTP 200 and
     # an AdmissionReview with allowed: false and a message for the person who wrote the pod.
-    @app.post(
+    def reviews(
+        path: str,
+        summary: str,
+        request_model: type[BaseModel],
+        review: Callable[[bytes, Settings], Reply],
+        *,
+        recorded: bool,
+    ) -> None:
+        """A path that takes AdmissionReviews of `request_model` and answers them with `review`."""
+
+        async def answer(request: Request) -> Response:
+            if client_certificate_required and not _client_certified(request):
+                raise Refused(_NO_CLIENT_CERTIFICATE, time.perf_counter(), body_unread=True)
+            body = await _read_body(request, large_bodies)
+            reply = review(body.data, settings)
+            if reply.status_code != 200:
+                raise Refused(reply, body.started)
+            _record(reply, time.perf_counter() - body.started, metrics)
+            # Recorded after the answer is sent and off the event loop: the API server never waits
+            # for the disk.
+            recording = None
+            if recorded and settings.record_dir is not None and isinstance(reply.request, AdmissionRequest):
+                recording = BackgroundTask(
+                    recordings.write,
+                    settings.record_dir,
+                    reply.request,
+                    body.data,
+                    reply.body,
+                    datetime.now(UTC),
+                )
+            return Response(reply.body, media_type=_JSON, background=recording)
+
+        app.post(
+            path,
+            summary=summary,
+            response_class=Response,
+            responses={
+                200: _documented(AdmissionReviewResponse, "the review, answered"),
+                **{code: _documented(Refusal, why) for code, why in _REFUSALS.items()},
+            },
+            openapi_extra={"requestBody": {"required": True, **_documented(request_model)}},
+        )(answer)
+
+    reviews(
         "/mutate",
-        summary="Review a pod: the AdmissionReview back, in the version it came in, with a JSONPatch",
-        response_class=Response,
-        responses={
-            200: _documented(AdmissionReviewResponse, "the review, answered"),
-            **{code: _documented(Refusal, why) for code, why in _REFUSALS.items()},
-        },
-        openapi_extra={"requestBody": {"required": True, **_documented(AdmissionReview)}},
+        "Review a pod: the AdmissionReview back, in the version it came in, with a JSONPatch",
+        AdmissionReview,
+        admission.review,
+        recorded=True,
     )
-    async def mutate(request: Request) -> Response:
-        if client_certificate_required and not _client_certified(request):
-            raise Refused(_NO_CLIENT_CERTIFICATE, time.perf_counter(), body_unread=True)
-        body = await _read_body(request, large_bodies)
-        reply = admission.review(body.data, settings)
-        if reply.status_code != 200:
-            raise Refused(reply, body.started)
-        _record(reply, time.perf_counter() - body.started, metrics)
-        # Recorded after the answer is sent and off the event loop: the API server never waits
-        # for the disk.
-        recording = None
-        if settings.record_dir is not None and reply.request is not None:
-            recording = BackgroundTask(
-                recordings.write, settings.record_dir, reply.request, body.data, reply.body, datetime.now(UTC)
-            )
-        return Response(reply.body, media_type=_JSON, background=recording)
+    # A second webhook of the configuration, failurePolicy Ignore: it only warns (a workload with the
+    # trigger annotation beside its pod template, a pod with a misspelled name of ours), so it is a
+    # path of its own, whose answers can carry no patch and no refusal whatever the API server sends it.
+    reviews(
+        "/warn",
+        "Review a Pod or a workload for slips: allowed, never patched, with warnings for kubectl",
+        ObjectReview,
+        admission.warn,
+        recorded=False,
+    )
 
     @app.exception_handler(Refused)
     async def refused(request: Request, refusal: Refused) -> Response:
@@ -254,7 +294,7 @@ def create_app(
 # /mutate's models are named in its OpenAPI entry by reference and their schemas added to the
 # components when the schema is asked for, not given to FastAPI as `model`s: FastAPI would build a
 # validator for each at start (1.4 MiB resident for good) that the raw body and answers never use.
-_DOCUMENTED: list[type[BaseModel]] = [AdmissionReview, AdmissionReviewResponse, Refusal]
+_DOCUMENTED: list[type[BaseModel]] = [AdmissionReview, AdmissionReviewResponse, ObjectReview, Refusal]
 _COMPONENT = "#/components/schemas/{model}"
 
 

@@ -2,6 +2,7 @@
 the Secret and webhook configuration that carry it into a cluster."""
 
 import base64
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -38,6 +39,13 @@ def service_hosts(service: str, namespace: str, extra: Sequence[str] = ()) -> li
         f"{service}.{namespace}.svc.cluster.local",
     ]
     return list(dict.fromkeys([*names, *extra]))
+
+
+def kept_hosts(directory: Path, hosts: Sequence[str]) -> list[str]:
+    """The hosts of the certificate in `directory` that `hosts` lack: re-issuing it for `hosts` alone
+    would drop them (`--host 127.0.0.1` dropping the development certificate's localhost)."""
+    existing = pki.load_pair(directory, tls.TLS_CERT, tls.TLS_KEY)
+    return [h for h in pki.hosts_of(existing.cert) if h not in hosts] if existing is not None else []
 
 
 def create(
@@ -160,7 +168,8 @@ class ManifestError(ValueError):
 
 def manifests(directory: Path, deploy_dir: Path = DEPLOY_DIR, url: str | None = None) -> list[dict[str, Any]]:
     """The TLS Secret and the webhook configuration of deploy/ with its caBundle filled in; with `url`,
-    only the configuration, calling `url` instead of the Service (the Secret serves the Deployment)."""
+    only the configuration, calling `url` instead of the Service (the Secret serves the Deployment):
+    each webhook at its own path (/mutate, /warn) below the URL's, which may end with /mutate."""
     try:
         ca_pem, cert_pem, key_pem = (
             (directory / name).read_bytes() for name in (tls.CA_CERT, tls.TLS_CERT, tls.TLS_KEY)
@@ -168,17 +177,15 @@ def manifests(directory: Path, deploy_dir: Path = DEPLOY_DIR, url: str | None = 
         configuration = yaml.safe_load((deploy_dir / WEBHOOK_CONFIGURATION).read_text())
     except OSError as error:
         raise ManifestError(f"cannot read {error.filename}: {error.strerror}") from None
-    if url is not None and (urlsplit(url).scheme != "https" or not urlsplit(url).hostname):
-        raise ManifestError(
-            f"--url {url!r}: the API server calls webhooks over https only, e.g. https://host:8443/mutate"
-        )
+    if url is not None:
+        _check_url(url, directory, cert_pem)
     ca_bundle = _b64(ca_pem)
     for webhook in configuration["webhooks"]:
         client = webhook["clientConfig"]
         client["caBundle"] = ca_bundle
         if url is not None:
-            del client["service"]
-            client["url"] = url
+            base = url.rstrip("/").removesuffix(MUTATE_PATH)
+            client["url"] = base + client.pop("service")["path"]
     if url is not None:
         return [configuration]
     service = configuration["webhooks"][0]["clientConfig"]["service"]
@@ -194,6 +201,52 @@ def manifests(directory: Path, deploy_dir: Path = DEPLOY_DIR, url: str | None = 
         "data": {"tls.crt": _b64(cert_pem), "tls.key": _b64(key_pem), "ca.crt": ca_bundle},
     }
     return [secret, configuration]
+
+
+MUTATE_PATH = "/mutate"
+
+
+def _check_url(url: str, directory: Path, cert_pem: bytes) -> None:
+    """Refuse a URL the API server could not call: not https, or a host the certificate does not cover
+    (the configuration would be applied, and every call fail the TLS handshake, pods refused with it)."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ManifestError(
+            f"--url {url!r}: the API server calls webhooks over https only, e.g. https://host:8443/mutate"
+        )
+    try:
+        hosts = pki.hosts_of(x509.load_pem_x509_certificate(cert_pem))
+    except ValueError:
+        raise ManifestError(f"{directory / tls.TLS_CERT} is not a PEM certificate") from None
+    if not covers(hosts, parts.hostname):
+        raise ManifestError(
+            f"--url {url!r}: the certificate {directory / tls.TLS_CERT} does not cover {parts.hostname} (it "
+            f"covers {', '.join(hosts) or 'no host'}): add it with `sidecar-webhook certs create --service "
+            f"... --namespace ... --out {directory} --host {parts.hostname}`, or call a host it covers"
+        )
+
+
+def covers(hosts: Sequence[str], host: str) -> bool:
+    """Whether a certificate for `hosts` is valid for `host`, as a TLS client checks: an IP address
+    against the IP addresses, a name against the names, where `*.` stands for one label."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        name = host.rstrip(".").lower()
+        for pattern in (h.lower() for h in hosts):
+            if pattern == name:
+                return True
+            if pattern.startswith("*.") and "." in name and name.partition(".")[2] == pattern[2:]:
+                return True
+        return False
+    return any(_same_address(h, address) for h in hosts)
+
+
+def _same_address(text: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    try:
+        return ipaddress.ip_address(text) == address
+    except ValueError:
+        return False
 
 
 def _b64(data: bytes) -> str:

@@ -3,13 +3,16 @@
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from webhook import __version__, admission
+from webhook.mistakes import SetupError, os_problem
 from webhook.settings import Settings
 
 DURATION_FLAGS = {
@@ -19,6 +22,8 @@ DURATION_FLAGS = {
     "serving_renew_before": "30 days",
     "check_interval": "30 s: how soon a changed caBundle is repaired",
 }
+# Settings whose flag is not --<name with dashes>.
+SETTING_FLAGS = {"extra_hosts": "--extra-host"}
 
 # Each command imports the modules only it needs when it runs, so the server never holds
 # `cryptography` (about 8 MiB), yaml or jsonpatch for its whole life.
@@ -28,11 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = _settings(args)
-    except ValidationError as error:
-        print(
-            f"sidecar-webhook: invalid settings (flags or SIDECAR_WEBHOOK_* variables):\n{error}",
-            file=sys.stderr,
-        )
+    except (ValidationError, SettingsError) as error:
+        print(f"{args.prog}: {_settings_problem(error, args)}", file=sys.stderr)
         return 2
     try:
         code: int = args.run(args, settings)
@@ -40,7 +42,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (`... | head`): stop quietly, and keep Python from complaining at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except SetupError as error:
+        print(f"{args.prog}: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        # A file or a socket the command could not use, where no step said more: still one line.
+        print(f"{args.prog}: {os_problem(error)}: check the path and its permissions", file=sys.stderr)
+        return 2
     return code
+
+
+def _settings_problem(error: ValidationError | SettingsError, args: argparse.Namespace) -> str:
+    """One line naming each bad setting by its flag (where the command has one) and its variable."""
+    if isinstance(error, SettingsError):  # a variable pydantic-settings could not decode
+        field = re.search(r'field "(\w+)"', str(error))
+        name = _setting_names(field[1], args) if field else "a SIDECAR_WEBHOOK_* variable"
+        return f"invalid setting {name}: {str(error).splitlines()[0]}: correct it"
+    problems = []
+    for problem in error.errors(include_url=False):
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["loc"]:
+            name = _setting_names(str(problem["loc"][0]), args)
+            problems.append(f"invalid setting {name}: {message}, got {_shown(problem['input'])}")
+        else:  # settings that contradict each other, which the message names by field
+            fields = [f for f in Settings.model_fields if re.search(rf"\b{f}\b", message)]
+            named = "; ".join(_flag_and_variable(field, args) for field in fields)
+            problems.append(f"invalid settings: {message}" + (f" (set with {named})" if named else ""))
+    return f"{'; '.join(problems)}: correct the flag or the SIDECAR_WEBHOOK_* variable"
+
+
+def _setting_names(field: str, args: argparse.Namespace) -> str:
+    """`port (--port or SIDECAR_WEBHOOK_PORT)`: the setting, its flag if the command has one, its variable."""
+    return f"{field} ({_flag_and_variable(field, args)})"
+
+
+def _flag_and_variable(field: str, args: argparse.Namespace) -> str:
+    variable = f"SIDECAR_WEBHOOK_{field.upper()}"
+    flag = SETTING_FLAGS.get(field, f"--{field.replace('_', '-')}") if hasattr(args, field) else ""
+    return f"{flag} or {variable}" if flag else variable
+
+
+def _shown(value: object) -> str:
+    text = repr(sorted(value) if isinstance(value, frozenset) else value)
+    return text if len(text) <= 200 else text[:200] + "...(truncated)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -100,13 +144,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     for name, default in DURATION_FLAGS.items():
         cluster.add_argument(f"--{name.replace('_', '-')}", help=f"(default {default})")
-    serve.set_defaults(run=_serve)
+    serve.set_defaults(run=_serve, prog=serve.prog)
 
     review = commands.add_parser(
         "review", help="print the response the server would give to a captured AdmissionReview"
     )
     review.add_argument("-f", "--file", required=True, help="the AdmissionReview as JSON, or - for stdin")
-    review.set_defaults(run=_review)
+    review.set_defaults(run=_review, prog=review.prog)
 
     inject = commands.add_parser(
         "inject",
@@ -117,12 +161,12 @@ def _parser() -> argparse.ArgumentParser:
     inject.add_argument(
         "-f", "--file", required=True, help="a YAML or JSON manifest, a directory of them, or - for stdin"
     )
-    inject.set_defaults(run=_inject)
+    inject.set_defaults(run=_inject, prog=inject.prog)
 
     openapi = commands.add_parser(
         "openapi", help="print the OpenAPI schema of the HTTPS service, AdmissionReview models included"
     )
-    openapi.set_defaults(run=_openapi)
+    openapi.set_defaults(run=_openapi, prog=openapi.prog)
 
     certs = commands.add_parser("certs", help="create, check and ship the TLS material for a cluster install")
     certs_commands = certs.add_subparsers(required=True, metavar="ACTION")
@@ -136,31 +180,38 @@ def _parser() -> argparse.ArgumentParser:
         dest="extra_hosts",
         action="append",
         default=[],
-        help="an extra DNS name or IP address (repeatable)",
+        help="an extra DNS name or IP address (repeatable); the names the certificate already has are kept",
+    )
+    create.add_argument(
+        "--replace-hosts",
+        action="store_true",
+        help="issue the certificate for the Service and the --host names only, dropping any other it had",
     )
     create.add_argument("--days", type=int, help="serving certificate lifetime in days (default: a year)")
     create.add_argument("--out", type=Path, default=Path("certs"), help="directory to write (certs)")
     create.add_argument("--force", action="store_true", help="start over: a new CA and certificate")
-    create.set_defaults(run=_certs_create)
+    create.set_defaults(run=_certs_create, prog=create.prog)
     check = certs_commands.add_parser("check", help="expiry, hosts and chain; fails within 30 days of expiry")
     check.add_argument("--dir", type=Path, default=Path("certs"), help="directory to check (certs)")
     check.add_argument("--service", help="also require the Service's names (with --namespace)")
     check.add_argument("--namespace")
-    check.set_defaults(run=_certs_check)
+    check.set_defaults(run=_certs_check, prog=check.prog)
     show = certs_commands.add_parser(
         "manifests",
         help="print the TLS Secret and the webhook configuration with its caBundle, for kubectl apply -f -",
     )
     show.add_argument("--dir", type=Path, default=Path("certs"), help="directory with the material (certs)")
     show.add_argument(
-        "--url", help="call this https URL instead of the Service (a webhook run outside the cluster)"
+        "--url",
+        help="call this https URL instead of the Service (a webhook run outside the cluster), e.g. "
+        "https://10.1.2.3:8443: /mutate and /warn are added; the certificate must cover its host",
     )
     show.add_argument(
         "--deploy-dir",
         type=Path,
         help="a directory with the mutatingwebhookconfiguration.yaml to fill in (default: the one installed)",
     )
-    show.set_defaults(run=_certs_manifests)
+    show.set_defaults(run=_certs_manifests, prog=show.prog)
     return parser
 
 
@@ -204,6 +255,8 @@ def _review(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 1
+    for warning in reply.decision.warnings if reply.decision is not None else ():
+        print(f"sidecar-webhook review: warning: {warning}", file=sys.stderr)
     print(text)
     return 0
 
@@ -252,7 +305,20 @@ def _certs_create(args: argparse.Namespace, settings: Settings) -> int:
         print("sidecar-webhook certs create: --days must be at least 1", file=sys.stderr)
         return 2
     hosts = certs.service_hosts(args.service, args.namespace, args.extra_hosts)
-    for line in certs.create(args.out, hosts, days=days, force=args.force):
+    kept = [] if args.replace_hosts else certs.kept_hosts(args.out, hosts)
+    if kept:
+        print(
+            f"{args.out}: keeping {', '.join(kept)}, which the certificate had (--replace-hosts drops them)"
+        )
+    hosts += kept
+    try:
+        said = certs.create(args.out, hosts, days=days, force=args.force)
+    except OSError as error:
+        raise SetupError(
+            f"cannot write the certificates to {args.out}: {os_problem(error)}: give a directory you can "
+            "write with --out"
+        ) from None
+    for line in said:
         print(f"{args.out}: {line}")
     return 0
 

@@ -7,7 +7,7 @@ the API server's reinvocation (after the built-in plugins change the pod) safe.
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -133,10 +133,13 @@ def decide_pod(obj: Mapping[str, Any], settings: Settings) -> Decision:
 def decide_view(pod: Pod, settings: Settings) -> Decision:
     """The decision for a pod being created, read through its view."""
     found = pod.metadata.annotations or {}
+    # A pod without annotations, the most common by far, costs one look. A misspelled name of ours is
+    # warned of, above all `sidecar.example/logpath` alone, which gets no sidecar: never silently.
+    unknown = annotations.unknown(found) if found else ()
     if LOG_PATH not in found:
-        return Decision.allow("no-annotation")
+        return Decision.allow("no-annotation", unknown)
     if pod.spec.os is not None and pod.spec.os.name == "windows":
-        return Decision.allow("windows", (WINDOWS_WARNING,))
+        return Decision.allow("windows", (WINDOWS_WARNING, *unknown))
     too_large = _too_large(pod.spec)
     if too_large:
         message = f"{too_large}: sidecar-webhook does not inject into a pod this large"
@@ -144,15 +147,15 @@ def decide_view(pod: Pod, settings: Settings) -> Decision:
     try:
         decision = _inject(pod.spec, found, annotations.parse(found, settings), settings)
     except AnnotationError as error:
-        return Decision.deny(str(error), "invalid-annotation")
+        decision = Decision.deny(str(error), "invalid-annotation")
     if decision.patch and len(patch := orjson.dumps(decision.patch)) > MAX_PATCH_BYTES:
-        return Decision.deny(
+        decision = Decision.deny(
             f"the patch that injects {LOG_PATH} into this pod would be {len(patch)} bytes, more than the "
             f"{MAX_PATCH_BYTES} a pod that fits in etcd can take: fewer target containers "
             f"({CONTAINERS}) or shorter paths",
             "too-large",
         )
-    return decision
+    return replace(decision, warnings=(*decision.warnings, *unknown)) if unknown else decision
 
 
 def _inject(spec: PodSpec, found: Mapping[str, str], wanted: LogRequest, settings: Settings) -> Decision:

@@ -7,7 +7,7 @@ third of the time of building the whole object. Nothing is lost, since the patch
 what the view read and the object is never written back (webhook/pod.py).
 """
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -25,7 +25,7 @@ class GroupVersionKind(_Envelope):
     kind: str
 
 
-class AdmissionRequest(_Envelope):
+class _Request(_Envelope):
     uid: str = Field(min_length=1)
     kind: GroupVersionKind
     operation: str
@@ -33,6 +33,9 @@ class AdmissionRequest(_Envelope):
     name: str | None = None
     sub_resource: str | None = Field(None, alias="subResource")
     dry_run: bool | None = Field(None, alias="dryRun")
+
+
+class AdmissionRequest(_Request):
     object: Pod | None = None
 
     @property
@@ -47,6 +50,26 @@ class AdmissionReview(_Envelope):
     api_version: Literal["admission.k8s.io/v1", "admission.k8s.io/v1beta1"] = Field(alias="apiVersion")
     kind: Literal["AdmissionReview"]
     request: AdmissionRequest
+
+
+class ObjectRequest(_Request):
+    """A request about any object, kept as the API server sent it: what /warn reads (a workload is
+    not a Pod, and its pod template is what matters)."""
+
+    object: dict[str, Any] | None = None
+
+    @property
+    def pod_name(self) -> str | None:
+        """Who the call is about, for logs: the request's name, else the object's."""
+        metadata = (self.object or {}).get("metadata")
+        named = metadata.get("name") or metadata.get("generateName") if isinstance(metadata, dict) else None
+        return self.name or (named if isinstance(named, str) else None)
+
+
+class ObjectReview(_Envelope):
+    api_version: Literal["admission.k8s.io/v1", "admission.k8s.io/v1beta1"] = Field(alias="apiVersion")
+    kind: Literal["AdmissionReview"]
+    request: ObjectRequest
 
 
 class _Answer(_Envelope):

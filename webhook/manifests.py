@@ -14,22 +14,9 @@ from typing import Any
 import jsonpatch
 import yaml
 
-from webhook.annotations import LOG_PATH
 from webhook.engine import MalformedObject, decide_pod
 from webhook.settings import Settings
-
-# (API group, kind) -> where its pod template is. A Pod is its own template. Any other kind,
-# including a namesake in another API group (a custom resource), passes through unchanged.
-POD_TEMPLATES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("", "Pod"): (),
-    ("", "ReplicationController"): ("spec", "template"),
-    ("apps", "Deployment"): ("spec", "template"),
-    ("apps", "StatefulSet"): ("spec", "template"),
-    ("apps", "DaemonSet"): ("spec", "template"),
-    ("apps", "ReplicaSet"): ("spec", "template"),
-    ("batch", "Job"): ("spec", "template"),
-    ("batch", "CronJob"): ("spec", "jobTemplate", "spec", "template"),
-}
+from webhook.workloads import POD_TEMPLATES, at, dotted, misplaced_annotation
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,10 +124,10 @@ def _inject_object(
         return document
     where = f"{where} ({kind} {_name(document)})"
     document = copy.deepcopy(document)  # the caller's objects are never changed
-    template = _at(document, template_path)
+    template = at(document, template_path)
     if template is None:
         return document  # no pod template to inject; the API server will say what is wrong
-    warnings.extend(_misplaced_annotation(document, template_path, where))
+    warnings.extend(Note(where, message) for message in misplaced_annotation(document, template_path))
 
     # The Pod the workload controller would create from the template: what the webhook would see.
     pod = {
@@ -152,7 +139,7 @@ def _inject_object(
     try:
         decision = decide_pod(pod, settings)
     except MalformedObject as error:
-        prefix = _dotted(template_path)
+        prefix = dotted(template_path)
         details = "; ".join(prefix + detail for detail in error.details)
         what = f"{prefix.rstrip('.')} is not a valid pod template" if prefix else "not a valid Pod"
         errors.append(Note(where, f"{what}: {details}"))
@@ -170,38 +157,3 @@ def _name(document: Mapping[str, Any]) -> str:
     metadata = document.get("metadata")
     name = metadata.get("name") or metadata.get("generateName") if isinstance(metadata, Mapping) else None
     return str(name or "(unnamed)")
-
-
-def _at(document: dict[str, Any], path: Sequence[str]) -> dict[str, Any] | None:
-    """The mapping at `path`, or None when a step is missing or not a mapping."""
-    node: Any = document
-    for key in path:
-        node = node.get(key) if isinstance(node, dict) else None
-    return node if isinstance(node, dict) else None
-
-
-def _dotted(path: Sequence[str]) -> str:
-    return "".join(f"{key}." for key in path)
-
-
-def _misplaced_annotation(document: dict[str, Any], template_path: Sequence[str], where: str) -> list[Note]:
-    """The trigger annotation on the workload's own metadata (or on a CronJob's job template) while the
-    pod template has none: the webhook only sees pods, so it would inject nothing. A common mistake."""
-    if LOG_PATH in _annotations(_at(document, template_path)):
-        return []
-    target = _dotted(template_path) + "metadata.annotations"
-    return [
-        Note(
-            where,
-            f"{LOG_PATH} is in {_dotted(template_path[:depth])}metadata.annotations, which the webhook "
-            f"never sees: left unchanged; put it in {target} to get the sidecar",
-        )
-        for depth in range(len(template_path))
-        if LOG_PATH in _annotations(_at(document, template_path[:depth]))
-    ]
-
-
-def _annotations(node: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    metadata = node.get("metadata") if node is not None else None
-    annotations = metadata.get("annotations") if isinstance(metadata, Mapping) else None
-    return annotations if isinstance(annotations, Mapping) else {}

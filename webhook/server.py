@@ -2,12 +2,13 @@
 
 import asyncio
 import ctypes
+import errno
 import functools
 import gc
 import logging
 import resource
 import socket
-import sys
+import ssl
 import time
 from pathlib import Path
 from types import FrameType
@@ -19,6 +20,7 @@ import uvloop
 from webhook import logs, tls
 from webhook.app import ServingState, create_app
 from webhook.metrics import Metrics, metrics_endpoint
+from webhook.mistakes import SetupError, os_problem
 from webhook.protocol import HEADER_TIMEOUT_SECONDS, HttpProtocol
 from webhook.settings import Settings
 
@@ -71,7 +73,7 @@ class _Server(uvicorn.Server):
         drain: float,
         keeper: "ClusterCertificates | None" = None,
         client_ca_file: Path | None = None,
-        metrics: Config | None = None,
+        metrics: tuple[Config, list[socket.socket]] | None = None,
     ) -> None:
         super().__init__(config)
         self.state = state
@@ -86,20 +88,19 @@ class _Server(uvicorn.Server):
         await super().startup(sockets)
         if self.metrics is None or self.should_exit:
             return
+        config, listeners = self.metrics
         # The same protocol, limits and connection count as the TLS port; uvicorn closes it with the
-        # servers it made, on shutdown.
+        # servers it made, on shutdown. Its sockets were bound at start (serve), so a port in use was
+        # said there.
         protocol = functools.partial(
-            HttpProtocol, config=self.metrics, server_state=self.server_state, app_state={}
+            HttpProtocol, config=config, server_state=self.server_state, app_state={}
         )
-        try:
-            listener = await asyncio.get_running_loop().create_server(
-                protocol, self.metrics.host, self.metrics.port, backlog=self.metrics.backlog
+        for listener in listeners:
+            server = await asyncio.get_running_loop().create_server(
+                protocol, sock=listener, backlog=config.backlog
             )
-        except OSError as error:
-            _log.error("cannot serve metrics on %s:%d: %s", self.metrics.host, self.metrics.port, error)
-            sys.exit(3)  # uvicorn's exit code when its own port cannot be had
-        self.servers.append(listener)
-        _log.info("metrics on http://%s:%d/metrics", self.metrics.host, self.metrics.port)
+            self.servers.append(server)
+        _log.info("metrics on http://%s/metrics", ", ".join(_address(s) for s in listeners))
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         tasks = []
@@ -109,10 +110,9 @@ class _Server(uvicorn.Server):
             tasks.append(asyncio.create_task(self.keeper.run()))
         else:
             self.state.ready = True
+        certificate = self._load_certificate()
         self.config.load()
-        certificate = tls.ReloadingCertificate(
-            self.cert_dir / tls.TLS_CERT, self.cert_dir / tls.TLS_KEY, self.client_ca_file
-        )
+        _log.info("listening on https://%s", ", ".join(_address(s) for s in sockets or ()))
         self.config.ssl = certificate.context
         tasks.append(asyncio.create_task(certificate.watch()))
         # What is alive now (modules, the app, its validators) lives as long as the process: frozen
@@ -124,6 +124,28 @@ class _Server(uvicorn.Server):
         finally:
             for task in tasks:
                 task.cancel()
+
+    def _load_certificate(self) -> tls.ReloadingCertificate:
+        cert_file, key_file = self.cert_dir / tls.TLS_CERT, self.cert_dir / tls.TLS_KEY
+        try:
+            return tls.ReloadingCertificate(cert_file, key_file, self.client_ca_file)
+        except OSError as error:  # ssl.SSLError is one too
+            problem = os_problem(error)
+            if self.client_ca_file is not None and error.filename == str(self.client_ca_file):
+                if isinstance(error, ssl.SSLError):
+                    problem = f"{self.client_ca_file}: not a PEM file of CA certificates"
+                raise SetupError(
+                    f"cannot use the client CA file: {problem}: give a PEM file of the CA certificates "
+                    "that sign the API server's client certificate with --client-ca-file or "
+                    "SIDECAR_WEBHOOK_CLIENT_CA_FILE"
+                ) from None
+            if isinstance(error, ssl.SSLError):  # read, but OpenSSL's words ("[SSL] PEM lib") say little
+                problem = "they are not a PEM certificate and its private key"
+            raise SetupError(
+                f"cannot serve {cert_file} with {key_file}: {problem}: make a readable pair with "
+                "`sidecar-webhook certs create --out DIR` and give DIR with --cert-dir or "
+                "SIDECAR_WEBHOOK_CERT_DIR (or remove both files to get a development certificate)"
+            ) from None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # /readyz answers 503 from the first signal on. With a drain delay the server keeps serving
@@ -145,9 +167,19 @@ class _Server(uvicorn.Server):
 
 
 def serve(settings: Settings) -> None:
+    """Run until SIGTERM; a set-up mistake (the port, the certificate files) raises SetupError before
+    anything is served."""
     logs.configure(settings.log_level)
     _allow_all_file_descriptors()
     _give_large_buffers_back()
+    # Bound before anything else, so that a port in use is said first and plainly (uvicorn would log its
+    # errno after "Started server process" and exit 1).
+    listeners = _listen(settings.host, settings.port)
+    metrics_listeners = (
+        _listen(settings.host, settings.metrics_port, "--metrics-port or SIDECAR_WEBHOOK_METRICS_PORT")
+        if settings.metrics_port
+        else []
+    )
     cert_file, key_file = settings.cert_dir / tls.TLS_CERT, settings.cert_dir / tls.TLS_KEY
     state, metrics = ServingState(), Metrics()
     app = create_app(settings, state, metrics)
@@ -161,7 +193,14 @@ def serve(settings: Settings) -> None:
         # Imported only here: `cryptography` would hold ~8 MiB of the server's memory for good.
         from webhook import pki
 
-        pki.ensure_development_certificate(settings.cert_dir)
+        try:
+            pki.ensure_development_certificate(settings.cert_dir)
+        except OSError as error:
+            raise SetupError(
+                f"cannot create a development certificate in {settings.cert_dir}: {os_problem(error)}: "
+                "give a directory you can write with --cert-dir or SIDECAR_WEBHOOK_CERT_DIR, or put tls.crt "
+                f"and tls.key in it with `sidecar-webhook certs create --out {settings.cert_dir}`"
+            ) from None
         _log.warning(
             "no certificate in %s: created a development CA and a certificate for %s; clients must trust %s",
             settings.cert_dir,
@@ -169,12 +208,13 @@ def serve(settings: Settings) -> None:
             settings.cert_dir / tls.CA_CERT,
         )
     config = _config(app, settings.host, settings.port, ssl_certfile=cert_file, ssl_keyfile=key_file)
-    metrics_config = None
-    if settings.metrics_port:
+    metrics_port = None
+    if metrics_listeners:
         metrics_config = _config(metrics_endpoint(metrics), settings.host, settings.metrics_port)
         metrics_config.load()
+        metrics_port = (metrics_config, metrics_listeners)
     drain, client_ca = settings.shutdown_delay, settings.client_ca_file
-    _Server(config, state, settings.cert_dir, drain, keeper, client_ca, metrics_config).run()
+    _Server(config, state, settings.cert_dir, drain, keeper, client_ca, metrics_port).run(listeners)
 
 
 def _config(app: Any, host: str, port: int, **tls: Any) -> Config:
@@ -209,6 +249,46 @@ def _give_large_buffers_back() -> None:
 
 
 _M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+
+
+def _listen(host: str, port: int, choose: str = "--port or SIDECAR_WEBHOOK_PORT") -> list[socket.socket]:
+    """Sockets bound to each address of `host` (a name may have an IPv4 and an IPv6 one), as asyncio's
+    create_server binds them; uvicorn listens on them. Raises SetupError naming the port and the fix."""
+    bound: list[socket.socket] = []
+    try:
+        for family, kind, protocol, _, address in socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            listener = socket.socket(family, kind, protocol)
+            bound.append(listener)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            listener.bind(address)
+    except OSError as error:
+        for listener in bound:
+            listener.close()
+        where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+        if error.errno == errno.EADDRINUSE:
+            raise SetupError(
+                f"port {port} is already in use on {host} (another sidecar-webhook still running?): stop "
+                f"what holds it, or pick another port with {choose}"
+            ) from None
+        if error.errno == errno.EACCES:
+            raise SetupError(
+                f"cannot listen on {where}: permission denied (ports below 1024 need privileges): pick "
+                f"another port with {choose}"
+            ) from None
+        raise SetupError(
+            f"cannot listen on {where}: {os_problem(error)}: give an address of this machine with --host "
+            "or SIDECAR_WEBHOOK_HOST"
+        ) from None
+    return bound
+
+
+def _address(listener: socket.socket) -> str:
+    host, port = listener.getsockname()[:2]
+    return f"[{host}]:{port}" if listener.family == socket.AF_INET6 else f"{host}:{port}"
 
 
 def _allow_all_file_descriptors() -> None:

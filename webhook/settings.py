@@ -1,12 +1,13 @@
 """The one Settings object: built once by the entry point from flags and SIDECAR_WEBHOOK_* variables."""
 
+import json
 import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
 from pydantic import AfterValidator, BeforeValidator, Field, FilePath, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from webhook.quantity import parse_quantity
 
@@ -19,6 +20,16 @@ def _quantity(value: str) -> str:
     if quantity.value < 0:
         raise ValueError(f"{value!r} is negative")
     return quantity.text
+
+
+def _items(value: object) -> object:
+    """A list given as text (a variable): JSON, as pydantic-settings reads lists, or the values
+    separated by commas, as people write them (`SIDECAR_WEBHOOK_EXTRA_HOSTS=a.example,10.0.0.1`)."""
+    if not isinstance(value, str):
+        return value
+    if value.lstrip().startswith("["):
+        return json.loads(value)  # a JSON error is a ValueError: reported as the setting's error
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 def _absolute_dirs(value: frozenset[str]) -> frozenset[str]:
@@ -71,7 +82,10 @@ def _image_reference(value: str) -> str:
 Quantity = Annotated[str, AfterValidator(_quantity)]
 ImageReference = Annotated[str, AfterValidator(_image_reference)]
 Duration = Annotated[timedelta, BeforeValidator(_seconds), AfterValidator(_positive)]
-Directories = Annotated[frozenset[str], AfterValidator(_absolute_dirs)]
+# NoDecode: the text of the variable reaches _items as it is, instead of failing pydantic-settings'
+# JSON decoding (a 40-line SettingsError for `/data`).
+Directories = Annotated[frozenset[str], NoDecode, BeforeValidator(_items), AfterValidator(_absolute_dirs)]
+Names = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_items)]
 
 
 class Settings(BaseSettings):
@@ -106,7 +120,7 @@ class Settings(BaseSettings):
     # The serving certificate covers the Service's DNS names, then these (IP addresses as IP SANs).
     service_name: str = Field("sidecar-webhook", min_length=1)
     service_namespace: str = Field("sidecar-webhook", min_length=1)
-    extra_hosts: tuple[str, ...] = ()
+    extra_hosts: Names = ()
     # Durations: seconds, or ISO 8601 (P730D). A CA of two years renewed in its last third leaves
     # eight months to notice a rotation that cannot finish; a serving certificate of 90 days renewed
     # 30 days before expiry rotates often enough that rotating is known to work (as cert-manager does).

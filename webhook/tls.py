@@ -43,7 +43,11 @@ def server_context(cert_file: Path, key_file: Path, client_ca_file: Path | None 
     context.load_cert_chain(cert_file, key_file)
     if client_ca_file is not None:
         context.verify_mode = ssl.CERT_OPTIONAL
-        context.load_verify_locations(cafile=client_ca_file)
+        try:
+            context.load_verify_locations(cafile=client_ca_file)
+        except ssl.SSLError as error:
+            error.filename = str(client_ca_file)  # OpenSSL names no file: say which one it could not use
+            raise
     return context
 
 
