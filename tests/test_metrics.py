@@ -25,7 +25,7 @@ def test_serving_a_trusted_certificate_exports_its_expiry_its_renewal_time_and_t
     material = cluster_certs.fresh(replica.hosts, replica.validity, [], now).material
     replica._serve(material, material.bundle(), now)
     metrics = replica.metrics
-    assert sample(metrics, "sidecar_webhook_ca_bundle_trusts_served_certificate") == 1.0
+    assert sample(metrics, "sidecar_webhook_ca_bundle_trusts_certificate", certificate="serving") == 1.0
     for name, cert, renew_before in [
         ("serving", material.serving.cert, timedelta(days=30)),
         ("ca", material.ca.cert, timedelta(days=243)),
@@ -44,7 +44,7 @@ def test_a_ca_bundle_that_stops_trusting_the_served_certificate_shows_as_0(tmp_p
     replica._serve(material, material.bundle(), now)
     stranger = cluster_certs.fresh(replica.hosts, replica.validity, [], now).material
     replica._serve(material, stranger.bundle(), now)
-    assert sample(replica.metrics, "sidecar_webhook_ca_bundle_trusts_served_certificate") == 0.0
+    assert sample(replica.metrics, "sidecar_webhook_ca_bundle_trusts_certificate", certificate="serving") == 0.0
     assert replica.state.ready is False
 
 
@@ -56,3 +56,10 @@ def test_the_ready_metric_follows_readiness_at_each_scrape() -> None:
     assert sample(metrics, "sidecar_webhook_ready") == 1.0
     state.draining = True
     assert sample(metrics, "sidecar_webhook_ready") == 0.0
+
+
+def test_the_file_mode_reports_no_ca_bundle_trust_at_all() -> None:
+    # It never reads the caBundle: no sample, so the caBundle alert has nothing to fire on.
+    metrics = Metrics()
+    create_app(Settings.model_validate({}), ServingState(ready=True), metrics)
+    assert b"sidecar_webhook_ca_bundle_trusts_certificate{" not in metrics.render()

@@ -191,7 +191,7 @@ class ClusterCertificates:
                 self.configuration,
             )
         self.state.ready = ready
-        self.metrics.ca_bundle_trusted.set(ready)
+        self.metrics.ca_bundle_trusted.labels("serving").set(ready)
         self._export("ca", material.ca.cert, self.validity.ca_renew_before)
         if self.served is not None:
             self._export("serving", self.served, self.validity.serving_renew_before)

@@ -67,11 +67,14 @@ class Metrics:
             ["certificate"],
             registry=self.registry,
         )
+        # Labelled (certificate="serving", the one value) so that it has no sample until set: a replica
+        # in the file mode, which never reads the caBundle, must not report it as untrusting.
         self.ca_bundle_trusted = Gauge(
-            "sidecar_webhook_ca_bundle_trusts_served_certificate",
-            "1 when the caBundle of the webhook configuration, as last read, trusts the certificate this "
-            "replica serves; 0 when it does not (the API server would refuse the TLS handshake: the "
-            "replica is not ready).",
+            "sidecar_webhook_ca_bundle_trusts_certificate",
+            "1 when the caBundle of the webhook configuration, as last read, trusts the certificate "
+            "(serving: the one this replica serves); 0 when it does not (the API server would refuse the "
+            "TLS handshake: the replica is not ready).",
+            ["certificate"],
             registry=self.registry,
         )
         self.certificate_rotations = Counter(
