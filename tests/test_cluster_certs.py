@@ -219,7 +219,9 @@ def test_servers_answer_ready_once_the_bundle_trusts_them(cluster: Cluster) -> N
         assert all(float(value) > time.time() for _, value in expiry)
         assert 'sidecar_webhook_ca_bundle_trusts_certificate{certificate="serving"} 1.0' in metrics
         renewal = dict(
-            re.findall(r'sidecar_webhook_certificate_renewal_timestamp_seconds\{certificate="(\w+)"\} (\S+)', metrics)
+            re.findall(
+                r'sidecar_webhook_certificate_renewal_timestamp_seconds\{certificate="(\w+)"\} (\S+)', metrics
+            )
         )
         # The renewal window starts before expiry, and not yet for certificates just made.
         assert sorted(renewal) == ["ca", "serving"]

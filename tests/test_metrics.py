@@ -44,7 +44,9 @@ def test_a_ca_bundle_that_stops_trusting_the_served_certificate_shows_as_0(tmp_p
     replica._serve(material, material.bundle(), now)
     stranger = cluster_certs.fresh(replica.hosts, replica.validity, [], now).material
     replica._serve(material, stranger.bundle(), now)
-    assert sample(replica.metrics, "sidecar_webhook_ca_bundle_trusts_certificate", certificate="serving") == 0.0
+    assert (
+        sample(replica.metrics, "sidecar_webhook_ca_bundle_trusts_certificate", certificate="serving") == 0.0
+    )
     assert replica.state.ready is False
 
 
