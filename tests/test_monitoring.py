@@ -269,7 +269,7 @@ def test_a_real_prometheus_scrapes_the_server_and_loads_every_rule(
     )
     (sample,) = wait_for(
         "the server's readiness in Prometheus",
-        lambda: prometheus.api("query", query=f'sidecar_webhook_ready{{job="{JOB}"}}')["result"],
+        lambda: (prometheus.api("query", query=f'sidecar_webhook_ready{{job="{JOB}"}}') or {}).get("result"),
     )
     assert sample["value"][1] == "1"
     # Pending from the evaluations before the first scrape (absent), and resolved once the ready replica
