@@ -217,6 +217,15 @@ def test_servers_answer_ready_once_the_bundle_trusts_them(cluster: Cluster) -> N
         )
         assert {name for name, _ in expiry} == {"ca", "serving"}
         assert all(float(value) > time.time() for _, value in expiry)
+        assert 'sidecar_webhook_ca_bundle_trusts_certificate{certificate="serving"} 1.0' in metrics
+        renewal = dict(
+            re.findall(
+                r'sidecar_webhook_certificate_renewal_timestamp_seconds\{certificate="(\w+)"\} (\S+)', metrics
+            )
+        )
+        # The renewal window starts before expiry, and not yet for certificates just made.
+        assert sorted(renewal) == ["ca", "serving"]
+        assert all(time.time() < float(renewal[name]) < float(value) for name, value in expiry)
 
 
 def test_pods_created_through_the_api_server_get_their_sidecar(cluster: Cluster) -> None:

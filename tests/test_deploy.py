@@ -341,6 +341,73 @@ def test_network_policy_keeps_the_pod_network_out_by_default() -> None:
     assert source == {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.244.0.0/16"]}}
 
 
+# --- deploy/monitoring: the Prometheus Operator's objects and the dashboard ----------------------------
+
+MONITORING = DEPLOY / "monitoring"
+# Kinds of the Prometheus Operator's CRDs: kubernetes-validate knows only Kubernetes' own schema, so these
+# are checked here by structure, against what the operator reads, and by promtool (tests/test_monitoring.py).
+OPERATOR_KINDS = {"PodMonitor", "PrometheusRule"}
+RULE_KEYS = {"alert", "record", "expr", "for", "keep_firing_for", "labels", "annotations"}
+
+
+def monitoring() -> dict[str, dict[str, Any]]:
+    return kustomized(MONITORING)
+
+
+def test_monitoring_is_a_pod_monitor_the_alerts_and_the_dashboard_in_the_webhook_namespace() -> None:
+    objects = monitoring()
+    assert sorted(objects) == [
+        "ConfigMap/sidecar-webhook-dashboard",
+        f"PodMonitor/{NAMESPACE}",
+        f"PrometheusRule/{NAMESPACE}",
+    ]
+    for obj in objects.values():
+        assert obj["metadata"]["namespace"] == NAMESPACE
+        if obj["kind"] in OPERATOR_KINDS:
+            assert obj["apiVersion"] == "monitoring.coreos.com/v1"
+        else:
+            for version in KUBERNETES_VERSIONS:
+                assert kubernetes_validate.validate(obj, version, strict=True) == version
+
+
+def test_monitoring_installs_nothing_of_the_webhook_itself() -> None:
+    # Applied beside any install (base or an overlay): it must not replace one of their objects.
+    names = {f"{kind}/{obj['metadata']['name']}" for kind, obj in deploy_objects().items()}
+    assert not names & set(monitoring())
+    (document,) = load_documents(MONITORING / "kustomization.yaml")
+    assert not any(resource.startswith("..") for resource in document["resources"])
+
+
+def test_pod_monitor_scrapes_the_metrics_port_of_the_webhook_pods_as_the_alerts_job() -> None:
+    spec = monitoring()[f"PodMonitor/{NAMESPACE}"]["spec"]
+    assert selector_matches(spec["selector"], deployment()["spec"]["template"]["metadata"]["labels"])
+    (endpoint,) = spec["podMetricsEndpoints"]
+    assert container_port(endpoint["port"]) == container_port("metrics")
+    assert endpoint["path"] == "/metrics"
+    (relabel,) = endpoint["relabelings"]
+    assert relabel == {"action": "replace", "targetLabel": "job", "replacement": "sidecar-webhook"}
+    rules = monitoring()[f"PrometheusRule/{NAMESPACE}"]["spec"]["groups"]
+    assert all('job="sidecar-webhook"' in rule["expr"] for group in rules for rule in group["rules"])
+
+
+def test_prometheus_rule_has_the_operators_structure() -> None:
+    groups = monitoring()[f"PrometheusRule/{NAMESPACE}"]["spec"]["groups"]
+    assert len({group["name"] for group in groups}) == len(groups)
+    for group in groups:
+        assert set(group) == {"name", "rules"} and group["rules"], group["name"]
+        for rule in group["rules"]:
+            assert set(rule) <= RULE_KEYS and "expr" in rule and ("alert" in rule) != ("record" in rule)
+            assert all(isinstance(v, str) for v in {**rule.get("labels", {}), **rule["annotations"]}.values())
+
+
+def test_dashboard_config_map_holds_deploy_monitoring_dashboard_json_for_grafanas_sidecar() -> None:
+    config_map = monitoring()["ConfigMap/sidecar-webhook-dashboard"]
+    assert config_map["metadata"]["labels"] == {"grafana_dashboard": "1"}
+    assert json.loads(config_map["data"]["dashboard.json"]) == json.loads(
+        (MONITORING / "dashboard.json").read_text()
+    )
+
+
 # --- Deployment, Service and webhook agree ------------------------------------------------------------
 
 

@@ -169,6 +169,10 @@ def test_health_and_readiness(client: httpx.Client) -> None:
     assert client.get("/readyz").json() == {"status": "ready"}
 
 
+def test_readiness_is_exported_as_a_metric_for_the_no_ready_replica_alert(server: RunningServer) -> None:
+    assert "\nsidecar_webhook_ready 1.0\n" in server.metrics()
+
+
 def test_metrics_count_reviews_by_decision_and_reason_with_millisecond_buckets(
     server: RunningServer, client: httpx.Client
 ) -> None:

@@ -161,6 +161,7 @@ def create_app(
     on this one: whoever reaches the TLS port could read them, or forge reviews into them)."""
     serving = state if state is not None else ServingState(ready=True)
     metrics = metrics if metrics is not None else Metrics()
+    metrics.ready.set_function(lambda: float(serving.status() == "ready"))
     large_bodies = asyncio.Semaphore(LARGE_BODIES_AT_ONCE)
     # Only /mutate: the TLS layer can't require the certificate without failing the kubelet's HTTPS
     # probes, which send none; /healthz and /readyz tell nothing worth a certificate.

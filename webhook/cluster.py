@@ -11,7 +11,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Set
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import httpx2
@@ -191,9 +191,15 @@ class ClusterCertificates:
                 self.configuration,
             )
         self.state.ready = ready
-        self.metrics.certificate_expiry.labels("ca").set(material.ca.cert.not_valid_after_utc.timestamp())
+        self.metrics.ca_bundle_trusted.labels("serving").set(ready)
+        self._export("ca", material.ca.cert, self.validity.ca_renew_before)
         if self.served is not None:
-            self.metrics.certificate_expiry.labels("serving").set(self.served.not_valid_after_utc.timestamp())
+            self._export("serving", self.served, self.validity.serving_renew_before)
+
+    def _export(self, certificate: str, cert: x509.Certificate, renew_before: timedelta) -> None:
+        expiry = cert.not_valid_after_utc
+        self.metrics.certificate_expiry.labels(certificate).set(expiry.timestamp())
+        self.metrics.certificate_renewal.labels(certificate).set((expiry - renew_before).timestamp())
 
     async def _secret_holds(self, material: Material) -> bool:
         """Whether the Secret, read again, holds the CAs of `material`. A CA goes into the Secret before it

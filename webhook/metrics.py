@@ -42,10 +42,38 @@ class Metrics:
             registry=self.registry,
         )
 
+        # Set by webhook/app.py from what /readyz answers: a replica whose metrics are scraped but that
+        # the Service does not send calls to shows here, not in `up`.
+        self.ready = Gauge(
+            "sidecar_webhook_ready",
+            "1 while /readyz answers 200 (a certificate loaded, not draining), else 0.",
+            registry=self.registry,
+        )
+
         # Set in the in-cluster certificate mode (webhook/cluster.py), which keeps the certificates.
         self.certificate_expiry = Gauge(
             "sidecar_webhook_certificate_expiry_timestamp_seconds",
             "When the certificate expires (Unix time): the CA that signs, and the certificate served.",
+            ["certificate"],
+            registry=self.registry,
+        )
+        # Renewal is due from here; a certificate still served well past it is one that does not renew
+        # (the API server unreachable, a right taken away). Exported as a time rather than compared in
+        # the alert with a fixed window, so that the alert follows --serving-renew-before.
+        self.certificate_renewal = Gauge(
+            "sidecar_webhook_certificate_renewal_timestamp_seconds",
+            "When the certificate enters its renewal window (Unix time): expiry minus its renew-before. "
+            "The CA that signs, and the certificate served.",
+            ["certificate"],
+            registry=self.registry,
+        )
+        # Labelled (certificate="serving", the one value) so that it has no sample until set: a replica
+        # in the file mode, which never reads the caBundle, must not report it as untrusting.
+        self.ca_bundle_trusted = Gauge(
+            "sidecar_webhook_ca_bundle_trusts_certificate",
+            "1 when the caBundle of the webhook configuration, as last read, trusts the certificate "
+            "(serving: the one this replica serves); 0 when it does not (the API server would refuse the "
+            "TLS handshake: the replica is not ready).",
             ["certificate"],
             registry=self.registry,
         )
