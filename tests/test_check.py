@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.apiserver import ROOT, ControlPlane, control_plane
-from tests.server import start_server, stop_server, wait_until_ready
+from tests.server import free_port, start_server, stop_server, wait_until_ready
 from webhook.app import ServingState
 from webhook.cluster import ClusterCertificates
 from webhook.metrics import Metrics
@@ -26,7 +27,7 @@ from webhook.settings import Settings
 
 NAMESPACE = "sidecar-webhook"
 CHECKS = [
-    "API server",
+    "namespace",
     "webhook configuration",
     "caBundle",
     "certificate expiry",
@@ -98,11 +99,11 @@ def test_before_the_install_every_check_fails_and_says_to_install(api: ControlPl
     assert code == 1
     found = by_check(results)
     assert statuses(results) == {**dict.fromkeys(CHECKS, "fail"), "dry-run": "fail"}
-    assert found["API server"]["message"] == f"namespaces {NAMESPACE} not found"
+    assert found["namespace"]["message"] == f"namespace {NAMESPACE} not found"
     assert (
-        found["webhook configuration"]["message"] == "mutatingwebhookconfigurations sidecar-webhook not found"
+        found["webhook configuration"]["message"] == "mutatingwebhookconfiguration sidecar-webhook not found"
     )
-    for name in ("API server", "webhook configuration", "replicas", "ServiceAccount rights"):
+    for name in ("namespace", "webhook configuration", "replicas", "ServiceAccount rights"):
         assert "kubectl apply -k deploy/" in found[name]["hint"], found[name]
     assert "came back from the API server without the sidecar log-app" in found["dry-run"]["message"]
     assert "is the webhook configuration installed" in found["dry-run"]["hint"]
@@ -141,7 +142,7 @@ def test_the_text_output_is_one_line_per_check_with_what_to_do_under_each_failur
     )
     assert done.returncode == 1
     lines = done.stdout.splitlines()
-    assert lines[0] == f"[ok]   API server: namespace {NAMESPACE} exists"
+    assert lines[0] == f"[ok]   namespace: namespace {NAMESPACE} exists"
     (replicas,) = [i for i, line in enumerate(lines) if line.startswith("[FAIL] replicas: 0 of 2 available")]
     assert lines[replicas + 1].startswith("         fix: `kubectl -n sidecar-webhook get pods,events`")
     assert lines[-1] == f"2 of {len(CHECKS)} checks failed, 0 warning(s)"
@@ -219,10 +220,36 @@ def test_a_user_without_rights_gets_a_failed_check_naming_the_verb_and_object_no
     )
     code, results = check(nobody)
     assert code == 1
-    first = by_check(results)["API server"]
+    first = by_check(results)["namespace"]
     assert first["message"].startswith(
         f'your user cannot get namespaces: namespaces "{NAMESPACE}" is forbidden'
     )
     assert "kubectl auth can-i get namespaces" in first["hint"]
     configuration = by_check(results)["webhook configuration"]
     assert configuration["message"].startswith("your user cannot get mutatingwebhookconfigurations")
+
+
+def test_an_api_server_that_does_not_answer_is_one_failed_check(api: ControlPlane, tmp_path: Path) -> None:
+    config = api.config
+    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{free_port()}"
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
+    gone = ControlPlane(api.state_dir, tmp_path / "kubeconfig", api.kubectl_path)
+    code, results = check(gone)
+    assert code == 1
+    (only,) = results
+    assert only["check"] == "API server"
+    assert only["message"].startswith(f"get namespaces {NAMESPACE}: no answer from the API server")
+    assert "kubectl cluster-info" in only["hint"]
+
+
+def test_a_missing_kubeconfig_or_context_is_one_failed_check_saying_what_to_set(
+    api: ControlPlane, tmp_path: Path
+) -> None:
+    missing = ControlPlane(api.state_dir, tmp_path / "nowhere", api.kubectl_path)
+    code, results = check(missing)
+    assert code == 1
+    assert [r["check"] for r in results] == ["API server"]
+    assert "set KUBECONFIG" in results[0]["hint"]
+    code, results = check(api, "--context", "no-such-context")
+    assert code == 1
+    assert results[0]["message"].endswith("Context 'no-such-context' not found"), results

@@ -114,9 +114,9 @@ def main(context: str | None, target: Target, output: str) -> int:
 def run(client: Client, target: Target, now: datetime | None = None) -> list[Result]:
     """Every check, in order. When the API server does not answer, only that."""
     look = Look(client, target, now or datetime.now(UTC))
-    first = _checked("API server", look.namespace)
+    first = _checked("namespace", look.namespace)
     if first.status == "fail" and "no answer from the API server" in first.message:
-        return [first]
+        return [Result("API server", "fail", first.message, first.hint)]
     checks: list[tuple[str, Callable[[], Result]]] = [
         ("webhook configuration", look.configuration_check),
         ("caBundle", look.ca_bundle_check),
@@ -310,7 +310,7 @@ class Look:
         except ApiError as error:
             code, message = error.status.code or 0, error.status.message or ""
             if code == 404 and missing:
-                raise Failed(f"{what} not found", missing) from None
+                raise Failed(f"{resource.removesuffix('s')} {name} not found", missing) from None
             if code == 404:
                 raise
             if code in (401, 403):
