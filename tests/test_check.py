@@ -253,3 +253,41 @@ def test_a_missing_kubeconfig_or_context_is_one_failed_check_saying_what_to_set(
     code, results = check(api, "--context", "no-such-context")
     assert code == 1
     assert results[0]["message"].endswith("Context 'no-such-context' not found"), results
+
+
+def _set_replicas(api: ControlPlane, wanted: int, available: int) -> None:
+    """What the controller-manager would do (none runs here): the spec scaled, the status written."""
+    api.kubectl("-n", NAMESPACE, "scale", "deploy/sidecar-webhook", f"--replicas={wanted}")
+    status = {"status": {"replicas": available, "readyReplicas": available, "availableReplicas": available}}
+    api.kubectl(
+        *("-n", NAMESPACE, "patch", "deploy/sidecar-webhook", "--subresource=status", "--type=merge"),
+        *("-p", json.dumps(status)),
+    )
+
+
+def test_the_webhook_scaled_to_zero_says_how_to_scale_it_back(installed: ControlPlane) -> None:
+    _set_replicas(installed, 0, 0)
+    try:
+        code, results = check(installed)
+    finally:
+        _set_replicas(installed, 2, 0)
+    found = by_check(results)
+    assert code == 1
+    assert found["replicas"]["message"].startswith("0 of 0 available")
+    assert "scaled to zero" in found["replicas"]["message"]
+    assert found["replicas"]["hint"] == f"`kubectl -n {NAMESPACE} scale deploy/sidecar-webhook --replicas=2`"
+    assert found["dry-run"]["hint"].startswith("no replica answered: see the replicas check")
+
+
+@pytest.mark.parametrize(("available", "status"), [(2, "ok"), (1, "warn")])
+def test_replicas_available_pass_and_fewer_than_wanted_warn(
+    installed: ControlPlane, available: int, status: str
+) -> None:
+    _set_replicas(installed, 2, available)
+    try:
+        code, results = check(installed)
+    finally:
+        _set_replicas(installed, 2, 0)
+    replicas = by_check(results)["replicas"]
+    assert replicas["status"] == status, replicas
+    assert replicas["message"].startswith(f"{available} of 2 available")
