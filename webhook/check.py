@@ -466,8 +466,8 @@ class Look:
         return Result(
             "",
             "ok",
-            f"the caBundle trusts the serving certificate of {where} ({cluster_certs.serial(serving)}, for "
-            f"{host}); that each replica serves it: the replicas' readiness and the dry-run",
+            f"trusts the serving certificate {cluster_certs.serial(serving)} of {where} (for {host}); what "
+            "each replica serves: see replicas and dry-run",
         )
 
     def expiry_check(self) -> Result:
@@ -605,8 +605,12 @@ class Look:
                 if granted_too_much
                 else f"{INSTALL} (base/rbac.yaml)",
             )
-        said = ", ".join(
-            f"{'may' if a else 'may not'} {v} {r}{'/' + n if n else ''}" for v, r, n, a in wanted
+        verbs: dict[tuple[bool, str], list[str]] = {}
+        for verb, resource, name, allowed in wanted:
+            verbs.setdefault((allowed, f"{resource}/{name}" if name else resource), []).append(verb)
+        said = "; ".join(
+            f"may {' and '.join(v)} {what}" if allowed else f"may not {' or '.join(v)} {what}"
+            for (allowed, what), v in verbs.items()
         )
         return Result("", "ok", f"{account}: {said}")
 
