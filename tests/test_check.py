@@ -285,7 +285,7 @@ def test_replicas_available_pass_and_fewer_than_wanted_warn(
 ) -> None:
     _set_replicas(installed, 2, available)
     try:
-        code, results = check(installed)
+        _, results = check(installed)
     finally:
         _set_replicas(installed, 2, 0)
     replicas = by_check(results)["replicas"]
