@@ -6,12 +6,14 @@ the cluster mode that the configuration calls by URL (the dry-run passes; the co
 the URL), and with the account given a right deploy/ never grants."""
 
 import asyncio
+import base64
 import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import yaml
 
 from tests.apiserver import ROOT, ControlPlane, control_plane
 from tests.server import free_port, start_server, stop_server, wait_until_ready
+from webhook import pki
 from webhook.app import ServingState
 from webhook.cluster import ClusterCertificates
 from webhook.metrics import Metrics
@@ -291,3 +294,43 @@ def test_replicas_available_pass_and_fewer_than_wanted_warn(
     replicas = by_check(results)["replicas"]
     assert replicas["status"] == status, replicas
     assert replicas["message"].startswith(f"{available} of 2 available")
+
+
+def _patch_configuration(api: ControlPlane, path: str, value: Any) -> None:
+    patch = [{"op": "replace", "path": f"/webhooks/0/{path}", "value": value}]
+    api.kubectl(
+        "patch", "mutatingwebhookconfiguration", "sidecar-webhook", "--type=json", "-p", json.dumps(patch)
+    )
+
+
+def test_failure_policy_ignore_is_a_warning_saying_what_it_costs(installed: ControlPlane) -> None:
+    # deploy/README.md's documented switch: a choice, not a broken install.
+    _patch_configuration(installed, "failurePolicy", "Ignore")
+    try:
+        _, results = check(installed)
+    finally:
+        _patch_configuration(installed, "failurePolicy", "Fail")
+    configuration = by_check(results)["webhook configuration"]
+    assert configuration["status"] == "warn", configuration
+    assert "failurePolicy is Ignore, deploy/ has Fail" in configuration["message"]
+    assert "start without its sidecar" in configuration["hint"]
+
+
+def test_a_ca_bundle_that_does_not_trust_the_serving_certificate_fails_with_what_to_do(
+    installed: ControlPlane,
+) -> None:
+    before = json.loads(
+        installed.kubectl("get", "mutatingwebhookconfiguration", "sidecar-webhook", "-o", "json")
+    )
+    other = pki.create_ca("someone else's CA", timedelta(days=30)).cert
+    _patch_configuration(installed, "clientConfig/caBundle", base64.b64encode(pki.cert_pem(other)).decode())
+    try:
+        _, results = check(installed)
+    finally:
+        _patch_configuration(
+            installed, "clientConfig/caBundle", before["webhooks"][0]["clientConfig"]["caBundle"]
+        )
+    ca_bundle = by_check(results)["caBundle"]
+    assert ca_bundle["status"] == "fail"
+    assert ca_bundle["message"].startswith("the caBundle of log-sidecar.sidecar.example does not trust")
+    assert "the replicas write the caBundle within 30 s" in ca_bundle["hint"]

@@ -286,7 +286,7 @@ def _pod(manifest: dict[str, Any]) -> Pod:
 
 
 def _short(value: Any) -> str:
-    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    text = value if isinstance(value, str) else json.dumps(value, separators=(", ", ": "))
     return text if len(text) <= 200 else text[:197] + "..."
 
 
@@ -357,10 +357,11 @@ class Look:
 
         return self.cached("configuration", read)
 
-    def secret(self, name: str) -> dict[str, bytes] | None:
-        """The data of Secret `name` of the install's namespace, decoded; None when it does not exist."""
+    def secret(self, name: str) -> dict[str, str] | None:
+        """The data (base64 values) of Secret `name` of the install's namespace; None when it does not
+        exist."""
 
-        def read() -> dict[str, bytes] | None:
+        def read() -> dict[str, str] | None:
             try:
                 found = self.call(
                     "get",
@@ -370,10 +371,7 @@ class Look:
                 )
             except ApiError:
                 return None
-            try:
-                return {key: base64.b64decode(value) for key, value in (found.data or {}).items()}
-            except (binascii.Error, ValueError):
-                return {}
+            return dict(found.data or {})
 
         return self.cached(f"secret/{name}", read)
 
@@ -382,7 +380,7 @@ class Look:
         serving certificate of sidecar-webhook-certs) or "files" (tls.crt of sidecar-webhook-tls)."""
         data = self.secret(SECRET)
         if data is not None:
-            material = cluster_certs.decode({k: base64.b64encode(v).decode() for k, v in data.items()})
+            material = cluster_certs.decode(data)
             if material is None:
                 raise Failed(
                     f"secret {self.ns}/{SECRET} is {'empty' if not data else 'incomplete'}: no replica has "
@@ -399,8 +397,8 @@ class Look:
                 INSTALL,
             )
         try:
-            cert = x509.load_pem_x509_certificate(files[tls.TLS_CERT])
-        except ValueError:
+            cert = x509.load_pem_x509_certificate(base64.b64decode(files[tls.TLS_CERT], validate=True))
+        except (ValueError, binascii.Error):
             raise Failed(
                 f"{tls.TLS_CERT} of secret {self.ns}/{certs.TLS_SECRET} is not a PEM certificate",
                 "write it again: `sidecar-webhook certs manifests | kubectl apply -f -`",
