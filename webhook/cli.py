@@ -1,4 +1,4 @@
-"""The command line: `sidecar-webhook serve`, `review`, `inject` and `certs`."""
+"""The command line: `sidecar-webhook serve`, `review`, `inject`, `check` and `certs`."""
 
 import argparse
 import json
