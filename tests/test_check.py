@@ -334,3 +334,23 @@ def test_a_ca_bundle_that_does_not_trust_the_serving_certificate_fails_with_what
     assert ca_bundle["status"] == "fail"
     assert ca_bundle["message"].startswith("the caBundle of log-sidecar.sidecar.example does not trust")
     assert "the replicas write the caBundle within 30 s" in ca_bundle["hint"]
+
+
+@pytest.mark.parametrize(
+    ("test_namespace", "message", "hint"),
+    [
+        (
+            "kube-system",
+            "namespace kube-system is never sent to the webhook (its namespaceSelector)",
+            "give --test-namespace another",
+        ),
+        ("no-such-namespace", "namespace no-such-namespace not found", "give --test-namespace an existing"),
+    ],
+)
+def test_a_test_namespace_the_dry_run_cannot_use_is_named(
+    installed: ControlPlane, test_namespace: str, message: str, hint: str
+) -> None:
+    _, results = check(installed, "--test-namespace", test_namespace)
+    dry_run = by_check(results)["dry-run"]
+    assert (dry_run["status"], dry_run["message"]) == ("fail", message), dry_run
+    assert dry_run["hint"].startswith(hint)

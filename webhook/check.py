@@ -134,6 +134,13 @@ def _checked(name: str, check: Callable[[], Result]) -> Result:
         found = check()
     except Failed as failed:
         return Result(name, "fail", failed.message, failed.hint)
+    except ConfigError as error:  # lightkube raises it at a call when the credentials fail (an exec plugin)
+        return Result(
+            name,
+            "fail",
+            f"the kubeconfig's user cannot authenticate: {error}",
+            "does `kubectl get --raw /version` work with the same KUBECONFIG and --context?",
+        )
     return Result(name, found.status, found.message, found.hint)
 
 
