@@ -133,9 +133,15 @@ def _parser() -> argparse.ArgumentParser:
         "--namespace", default="sidecar-webhook", help="the install's namespace (sidecar-webhook)"
     )
     doctor.add_argument(
-        "--test-namespace", default="default", help="where to create the dry-run pods (default)"
+        "--test-namespace", default="default", help="the namespace of the dry-run pods (default: default)"
     )
-    doctor.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    doctor.add_argument(
+        "-o",
+        "--output",
+        choices=["text", "json"],
+        default="text",
+        help="json: a list of {check, status, message, hint}",
+    )
     doctor.set_defaults(run=_check)
 
     certs = commands.add_parser("certs", help="create, check and ship the TLS material for a cluster install")
