@@ -1,4 +1,4 @@
-"""The command line: `sidecar-webhook serve`, `review`, `inject` and `certs`."""
+"""The command line: `sidecar-webhook serve`, `review`, `inject`, `check` and `certs`."""
 
 import argparse
 import json
@@ -168,6 +168,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     openapi.set_defaults(run=_openapi, prog=openapi.prog)
 
+    doctor = commands.add_parser(
+        "check",
+        help="ask the cluster in KUBECONFIG whether the installed webhook works; exit 1 on any failure",
+    )
+    doctor.add_argument("--context", help="the kubeconfig context (default: the current one)")
+    doctor.add_argument(
+        "--namespace", default="sidecar-webhook", help="the install's namespace (sidecar-webhook)"
+    )
+    doctor.add_argument(
+        "--test-namespace", default="default", help="the namespace of the dry-run pods (default: default)"
+    )
+    doctor.add_argument(
+        "-o",
+        "--output",
+        choices=["text", "json"],
+        default="text",
+        help="json: a list of {check, status, message, hint}",
+    )
+    doctor.set_defaults(run=_check)
+
     certs = commands.add_parser("certs", help="create, check and ship the TLS material for a cluster install")
     certs_commands = certs.add_subparsers(required=True, metavar="ACTION")
     create = certs_commands.add_parser(
@@ -295,6 +315,12 @@ def _manifest_files(name: str) -> list[tuple[str, bytes]]:
         return [(name, path.read_bytes())]
     files = sorted(f for f in path.iterdir() if f.suffix in (".yaml", ".yml", ".json") and f.is_file())
     return [(str(file), file.read_bytes()) for file in files]
+
+
+def _check(args: argparse.Namespace, settings: Settings) -> int:
+    from webhook import check
+
+    return check.main(args.context, check.Target(args.namespace, args.test_namespace), args.output)
 
 
 def _certs_create(args: argparse.Namespace, settings: Settings) -> int:
