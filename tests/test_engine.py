@@ -611,6 +611,18 @@ def test_an_unknown_annotation_nothing_is_close_to_is_warned_of_with_the_known_o
     assert "it knows sidecar.example/containers, sidecar.example/cpu-limit," in warning
 
 
+def test_thousands_of_unknown_annotations_get_a_bounded_number_of_warnings(settings: Settings) -> None:
+    from webhook.annotations import MAX_UNKNOWN_WARNINGS
+
+    many = {f"sidecar.example/x{i}": "" for i in range(3000)}
+    warnings = decide_pod(make_pod({LOG_PATH: "/l/a.log", **many}), settings).warnings
+    assert len(warnings) == MAX_UNKNOWN_WARNINGS + 1
+    assert (
+        warnings[-1]
+        == f"and {3000 - MAX_UNKNOWN_WARNINGS} more sidecar.example/ annotations it does not know"
+    )
+
+
 def test_every_known_annotation_and_other_prefixes_get_no_warning(settings: Settings) -> None:
     from webhook.annotations import KNOWN
 

@@ -270,10 +270,19 @@ def _parse_values(found: tuple[str | None, ...], settings: Settings) -> LogReque
 KNOWN = frozenset({*_PARSERS, INJECTED})
 
 
+# Warnings for unknown names, at most: each costs a fuzzy match on the review's path, and a pod may carry
+# thousands of keys within the API server's 256 KiB of annotations. A person fixes a few slips at a time.
+MAX_UNKNOWN_WARNINGS = 8
+
+
 def unknown(found: Mapping[str, str]) -> tuple[str, ...]:
     """A warning for each sidecar.example/ annotation that is not one of the contract, naming the
     closest that is: a misspelled name (`sidecar.example/logpath`) would otherwise do nothing, silently."""
-    return tuple(_unknown_warning(name) for name in found if name.startswith(PREFIX) and name not in KNOWN)
+    names = [name for name in found if name.startswith(PREFIX) and name not in KNOWN]
+    warnings = tuple(_unknown_warning(name) for name in names[:MAX_UNKNOWN_WARNINGS])
+    if len(names) > MAX_UNKNOWN_WARNINGS:
+        warnings += (f"and {len(names) - MAX_UNKNOWN_WARNINGS} more {PREFIX} annotations it does not know",)
+    return warnings
 
 
 def _unknown_warning(name: str) -> str:

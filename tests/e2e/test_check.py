@@ -13,17 +13,8 @@ import sys
 from typing import Any
 
 from tests.e2e.cluster import NAMESPACE, ROOT, install, kubectl, wait_for, webhook_pods
+from tests.test_check import CHECKS  # the checks in the order check prints them: one list for both suites
 
-CHECKS = [
-    "namespace",
-    "webhook configuration",
-    "caBundle",
-    "certificate expiry",
-    "replicas",
-    "ServiceAccount rights",
-    "admission policy",
-    "dry-run",
-]
 INSTALL = "kubectl apply -k deploy/"
 
 
