@@ -354,3 +354,25 @@ def test_a_test_namespace_the_dry_run_cannot_use_is_named(
     dry_run = by_check(results)["dry-run"]
     assert (dry_run["status"], dry_run["message"]) == ("fail", message), dry_run
     assert dry_run["hint"].startswith(hint)
+
+
+def test_only_runs_the_named_checks_in_their_order_and_an_unknown_name_is_refused(
+    installed: ControlPlane,
+) -> None:
+    code, results = check(installed, "--only", "replicas", "--only", "namespace")
+    assert [r["check"] for r in results] == ["namespace", "replicas"]
+    assert code == 1 and results[1]["status"] == "fail"  # no node, so no replica
+    code, results = check(installed, "--only", "namespace")
+    assert code == 0 and [(r["check"], r["status"]) for r in results] == [("namespace", "ok")]
+    done = subprocess.run(
+        [sys.executable, "-m", "webhook", "check", "--only", "dryrun"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "sidecar-webhook check: no check named dryrun; --only takes namespace, webhook-configuration, "
+        "cabundle, certificate-expiry, replicas, serviceaccount-rights, admission-policy, dry-run"
+    )

@@ -402,7 +402,11 @@ def test_prometheus_rule_has_the_operators_structure() -> None:
 
 def test_dashboard_config_map_holds_deploy_monitoring_dashboard_json_for_grafanas_sidecar() -> None:
     config_map = monitoring()["ConfigMap/sidecar-webhook-dashboard"]
-    assert config_map["metadata"]["labels"] == {"grafana_dashboard": "1"}
+    assert config_map["metadata"]["labels"] == {
+        "app.kubernetes.io/name": "sidecar-webhook",
+        "app.kubernetes.io/component": "monitoring",
+        "grafana_dashboard": "1",
+    }
     assert json.loads(config_map["data"]["dashboard.json"]) == json.loads(
         (MONITORING / "dashboard.json").read_text()
     )

@@ -55,11 +55,27 @@ FAIL_DAYS = 7
 # Never sent to the webhook (deploy/base/mutatingwebhookconfiguration.yaml's namespaceSelector), so a
 # dry-run there proves nothing.
 EXCLUDED_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
-# What a configuration must equal deploy/'s in; the caBundle and the API server's defaults are not.
-COMPARED = ("rules", "namespaceSelector", "matchConditions", "sideEffects", "failurePolicy")
+NAMESPACE_LABEL = "kubernetes.io/metadata.name"
+# What a configuration must equal deploy/'s in; the caBundle and the API server's defaults are not. The
+# namespaceSelector is judged apart (selector_problem): the Helm chart's values may narrow it.
+COMPARED = ("rules", "matchConditions", "sideEffects", "failurePolicy")
+# The checks by the name --only takes, in the order they run.
+SLUGS = (
+    "namespace",
+    "webhook-configuration",
+    "cabundle",
+    "certificate-expiry",
+    "replicas",
+    "serviceaccount-rights",
+    "admission-policy",
+    "dry-run",
+)
 SIDECAR = "log-app"  # the container the webhook adds for LOG_PATH below
 TEST_LOG = "/var/log/app.log"
-INSTALL = "install it: `kubectl apply -k deploy/` (deploy/README.md)"
+INSTALL = (
+    "install it: `kubectl apply -k deploy/` (deploy/README.md) or "
+    "`helm install sidecar-webhook deploy/helm/sidecar-webhook -n sidecar-webhook --create-namespace`"
+)
 
 
 @dataclass(frozen=True)
@@ -87,6 +103,16 @@ class Failed(Exception):
 def connect(context: str | None, timeout: float = API_TIMEOUT_SECONDS) -> Client:
     """A client of the cluster in KUBECONFIG (or ~/.kube/config), `context` or the current one."""
     path = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or str(Path.home() / ".kube" / "config")
+    in_a_pod = bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+    if in_a_pod and "KUBECONFIG" not in os.environ and not Path(path).exists():
+        # In a pod (`helm test`) with no kubeconfig: its ServiceAccount, as kubectl and client-go do.
+        try:
+            return Client(KubeConfig.from_service_account(), timeout=httpx2.Timeout(timeout), trust_env=False)
+        except (ConfigError, OSError) as error:
+            raise Failed(
+                f"no kubeconfig, and this pod's ServiceAccount token cannot be read: {error}",
+                "mount the pod's ServiceAccount token, or set KUBECONFIG",
+            ) from None
     try:
         config = KubeConfig.from_file(path).get(context_name=context)
     except (ConfigError, OSError, yaml.YAMLError, KeyError, TypeError) as error:
@@ -97,11 +123,11 @@ def connect(context: str | None, timeout: float = API_TIMEOUT_SECONDS) -> Client
     return Client(config, timeout=httpx2.Timeout(timeout), trust_env=False)
 
 
-def main(context: str | None, target: Target, output: str) -> int:
-    """The command: every check printed as text or JSON; 1 when one failed."""
+def main(context: str | None, target: Target, output: str, only: tuple[str, ...] = ()) -> int:
+    """The command: every check (or those named in `only`) printed as text or JSON; 1 when one failed."""
     try:
         with connect(context) as client:
-            results = run(client, target)
+            results = run(client, target, only=only)
     except Failed as failed:
         results = [Result("API server", "fail", failed.message, failed.hint)]
     if output == "json":
@@ -111,13 +137,14 @@ def main(context: str | None, target: Target, output: str) -> int:
     return exit_code(results)
 
 
-def run(client: Client, target: Target, now: datetime | None = None) -> list[Result]:
-    """Every check, in order. When the API server does not answer, only that."""
+def run(
+    client: Client, target: Target, now: datetime | None = None, only: tuple[str, ...] = ()
+) -> list[Result]:
+    """Every check, in order, or those whose SLUGS are in `only`. When the API server does not answer, the
+    first check's failure alone."""
     look = Look(client, target, now or datetime.now(UTC))
-    first = _checked("namespace", look.namespace)
-    if first.status == "fail" and "no answer from the API server" in first.message:
-        return [Result("API server", "fail", first.message, first.hint)]
     checks: list[tuple[str, Callable[[], Result]]] = [
+        ("namespace", look.namespace),
         ("webhook configuration", look.configuration_check),
         ("caBundle", look.ca_bundle_check),
         ("certificate expiry", look.expiry_check),
@@ -126,7 +153,15 @@ def run(client: Client, target: Target, now: datetime | None = None) -> list[Res
         ("admission policy", look.policy_check),
         ("dry-run", look.dry_run_check),
     ]
-    return [first, *(_checked(name, check) for name, check in checks)]
+    results: list[Result] = []
+    for slug, (name, check) in zip(SLUGS, checks, strict=True):
+        if only and slug not in only:
+            continue
+        result = _checked(name, check)
+        if not results and result.status == "fail" and "no answer from the API server" in result.message:
+            return [Result("API server", "fail", result.message, result.hint)]
+        results.append(result)
+    return results
 
 
 def _checked(name: str, check: Callable[[], Result]) -> Result:
@@ -181,8 +216,30 @@ def expected_webhooks(namespace: str) -> dict[str, dict[str, Any]]:
     hooks = {}
     for hook in configuration["webhooks"]:
         hook["clientConfig"]["service"]["namespace"] = namespace
+        for expression in hook["namespaceSelector"]["matchExpressions"]:
+            if expression["key"] == NAMESPACE_LABEL:
+                # deploy/ leaves out its own namespace; an install elsewhere leaves out that one.
+                expression["values"] = [*EXCLUDED_NAMESPACES, namespace]
         hooks[hook["name"]] = hook
     return hooks
+
+
+def selector_problem(found: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
+    """What lets a namespace in that `wanted` keeps out, or "". The found selector may be narrower (more
+    names left out, labels a namespace must have: the Helm chart's values), never wider."""
+    for expression in wanted["matchExpressions"]:
+        kept_out = set(expression["values"])
+        if not any(
+            have.get("key") == expression["key"]
+            and have.get("operator") == expression["operator"]
+            and kept_out <= set(have.get("values") or ())
+            for have in found.get("matchExpressions") or ()
+        ):
+            return (
+                f"namespaceSelector {_short(dict(found))} does not keep out namespaces "
+                f"{', '.join(sorted(kept_out))} as deploy/'s does"
+            )
+    return ""
 
 
 def compare_configuration(found: Mapping[str, Any], namespace: str) -> Result:
@@ -196,6 +253,9 @@ def compare_configuration(found: Mapping[str, Any], namespace: str) -> Result:
         problems.append(f"webhook {name} is not deploy/'s")
     for name in sorted(set(expected) & set(live)):
         want, have = expected[name], live[name]
+        selector = selector_problem(have.get("namespaceSelector") or {}, want["namespaceSelector"])
+        if selector:
+            problems.append(f"{name}: {selector}")
         for field in COMPARED:
             if have.get(field) != want.get(field):
                 differs = (

@@ -186,6 +186,13 @@ def _parser() -> argparse.ArgumentParser:
         default="text",
         help="json: a list of {check, status, message, hint}",
     )
+    doctor.add_argument(
+        "--only",
+        action="append",
+        metavar="CHECK",
+        help="run only this check (repeatable): namespace, webhook-configuration, cabundle, "
+        "certificate-expiry, replicas, serviceaccount-rights, admission-policy or dry-run",
+    )
     doctor.set_defaults(run=_check)
 
     certs = commands.add_parser("certs", help="create, check and ship the TLS material for a cluster install")
@@ -320,7 +327,17 @@ def _manifest_files(name: str) -> list[tuple[str, bytes]]:
 def _check(args: argparse.Namespace, settings: Settings) -> int:
     from webhook import check
 
-    return check.main(args.context, check.Target(args.namespace, args.test_namespace), args.output)
+    unknown = sorted(set(args.only or ()) - set(check.SLUGS))
+    if unknown:
+        print(
+            f"sidecar-webhook check: no check named {', '.join(unknown)}; --only takes "
+            f"{', '.join(check.SLUGS)}",
+            file=sys.stderr,
+        )
+        return 2
+    return check.main(
+        args.context, check.Target(args.namespace, args.test_namespace), args.output, tuple(args.only or ())
+    )
 
 
 def _certs_create(args: argparse.Namespace, settings: Settings) -> int:
