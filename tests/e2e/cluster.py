@@ -80,8 +80,12 @@ def logs(namespace: str, pod: str, container: str) -> list[str]:
     return kubectl("-n", namespace, "logs", pod, "-c", container).splitlines()
 
 
-def webhook_pods() -> list[dict[str, Any]]:
+def webhook_pods(namespace: str = NAMESPACE) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = get(
-        "-n", NAMESPACE, "pods", "-l", "app.kubernetes.io/name=sidecar-webhook"
+        "-n",
+        namespace,
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=sidecar-webhook,app.kubernetes.io/component=webhook",
     )["items"]
     return items

@@ -29,13 +29,18 @@ def cluster(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture(scope="session")
-def installed(cluster: None) -> Iterator[float]:
-    """Build and load the image, install deploy/ and wait for the rollout, as deploy/README.md says. Yields
-    the moment `apply` began (the seed test measures from there to a streaming sidecar). Uninstalls at the
-    end whatever happened (the last test checks that uninstalling leaves nothing behind)."""
+def image(cluster: None) -> None:
+    """Build the image and make it available to the node, as deploy/README.md says."""
     started = time.monotonic()
     install("image")
     MEASURED["image built and loaded, s"] = time.monotonic() - started
+
+
+@pytest.fixture(scope="session")
+def installed(image: None) -> Iterator[float]:
+    """Install deploy/ and wait for the rollout, as deploy/README.md says. Yields the moment `apply` began
+    (the seed test measures from there to a streaming sidecar). Uninstalls at the end whatever happened
+    (the last test checks that uninstalling leaves nothing behind)."""
     applied = time.monotonic()
     try:
         install("apply")
@@ -60,3 +65,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(
                 f"{what:<72} {value:8.1f}" if what.endswith(", s") else f"{what:<72} {value:6.0f}"
             )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The Helm chart's tests last: they install the same cluster-wide objects as deploy/, which Helm will
+    not take over, so they run once the kustomize install is gone (test_on_a_node.py uninstalls it last)."""
+    items.sort(key=lambda item: item.path.name == "test_helm.py")

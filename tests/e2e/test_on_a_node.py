@@ -281,10 +281,10 @@ def test_with_the_webhook_scaled_to_zero_a_pod_without_the_annotation_is_still_c
         kubectl("-n", NAMESPACE, "rollout", "status", "deploy/sidecar-webhook", "--timeout=180s", timeout=190)
 
 
-def restart_finished() -> bool:
-    deployment = get("-n", NAMESPACE, "deploy", "sidecar-webhook")
+def restart_finished(namespace: str = NAMESPACE) -> bool:
+    deployment = get("-n", namespace, "deploy", "sidecar-webhook")
     status, wanted = deployment.get("status", {}), deployment["spec"]["replicas"]
-    pods = webhook_pods()
+    pods = webhook_pods(namespace)
     return (
         status.get("observedGeneration", 0) >= deployment["metadata"]["generation"]
         and status.get("updatedReplicas")

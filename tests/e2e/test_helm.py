@@ -1,0 +1,182 @@
+"""The Helm chart on a real cluster, in a namespace of its choosing: `helm install`, `helm test`,
+`sidecar-webhook check` against the release, `helm upgrade` while pods are created (none refused, the new
+values in force after it), and `helm uninstall` leaving nothing. The tests run in that order, after every
+other end-to-end test (conftest.py): Helm will not take over the objects of the kustomize install."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.cluster import MEASURED, ROOT, get, install, kubectl, wait_for
+from tests.e2e.test_on_a_node import assert_all_injected, create_pods_until, restart_finished
+
+CHART = ROOT / "deploy" / "helm" / "sidecar-webhook"
+RELEASE = "sidecar-webhook"
+# Not deploy/'s namespace: the chart installs into whichever it is given.
+RELEASE_NAMESPACE = "webhooks"
+CLUSTER_WIDE = (
+    "mutatingwebhookconfigurations,validatingadmissionpolicies,validatingadmissionpolicybindings,"
+    "clusterroles,clusterrolebindings"
+)
+
+
+HOW_TO_GET_HELM = "the kit's: export PATH=$(bash ../shared/kube/helm.sh | tail -1):$PATH"
+
+
+def helm_command(*args: str) -> list[str]:
+    """A helm call on the release's namespace and KUBE_CONTEXT (as deploy/install.sh)."""
+    found = shutil.which("helm")
+    if found is None:
+        pytest.fail(f"the chart's tests need helm on PATH ({HOW_TO_GET_HELM})")
+    context = os.environ.get("KUBE_CONTEXT")
+    return [found, *args, "--namespace", RELEASE_NAMESPACE, *(["--kube-context", context] if context else [])]
+
+
+def helm(*args: str, timeout: float = 300) -> str:
+    done = subprocess.run(helm_command(*args), capture_output=True, text=True, timeout=timeout, check=False)
+    print(f"$ helm {' '.join(args)}", done.stdout, done.stderr, sep="\n")
+    assert done.returncode == 0, f"helm {' '.join(args)} exited {done.returncode}:\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def release(image: None) -> Iterator[str]:
+    """deploy/'s install gone (conftest.py runs this module last), then the chart installed with its
+    defaults into RELEASE_NAMESPACE. Uninstalled and the namespace deleted at the end, whatever happened."""
+    install("down")
+    started = time.monotonic()
+    try:
+        helm("install", RELEASE, str(CHART), "--create-namespace", "--wait", "--timeout", "5m")
+        MEASURED["helm install --wait, s"] = time.monotonic() - started
+        yield RELEASE_NAMESPACE
+    finally:
+        if kubectl("get", "namespace", RELEASE_NAMESPACE, "--ignore-not-found", "-o", "name"):
+            subprocess.run(helm_command("uninstall", RELEASE, "--wait"), check=False, timeout=300)
+            kubectl("delete", "namespace", RELEASE_NAMESPACE, "--ignore-not-found", timeout=300)
+
+
+@pytest.fixture
+def apps(release: str) -> Iterator[str]:
+    """A namespace for the test's pods; the suite's `namespace` fixture would install deploy/ first."""
+    name = f"e2e-helm-{uuid.uuid4().hex[:5]}"
+    kubectl("create", "namespace", name)
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false")
+
+
+def test_helm_test_passes_an_annotated_dry_run_pod_comes_back_injected(release: str) -> None:
+    started = time.monotonic()
+    output = helm("test", RELEASE, "--logs", "--timeout", "3m")
+    MEASURED["helm test, s"] = time.monotonic() - started
+    assert "Phase:          Succeeded" in output or "Phase: Succeeded" in output, output
+    assert (
+        "[ok]" in output
+        and "dry-run: in namespace default, an annotated pod came back with log-app" in output
+    )
+    # hook-succeeded: the test's pod, account and rights are gone once it passed.
+    assert (
+        kubectl(
+            "get",
+            "pods,serviceaccounts",
+            "-n",
+            release,
+            "-l",
+            "app.kubernetes.io/component=test",
+            "-o",
+            "name",
+        )
+        == ""
+    )
+    assert (
+        kubectl(
+            "get", "clusterroles,clusterrolebindings", "-l", "app.kubernetes.io/component=test", "-o", "name"
+        )
+        == ""
+    )
+
+
+def test_check_passes_every_check_against_the_release(release: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "webhook", "check", "-o", "json", "--namespace", release],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+        check=False,
+    )
+    print(done.stdout, done.stderr, sep="\n")
+    results = json.loads(done.stdout)
+    assert done.returncode == 0 and [r for r in results if r["status"] != "ok"] == []
+
+
+def test_helm_upgrade_while_pods_are_created_refuses_none_and_brings_the_new_values(
+    release: str, apps: str
+) -> None:
+    upgrade_values = ["--set", "sidecar.resources.limits.memory=48Mi", "--set", "podAnnotations.upgraded=yes"]
+    started = time.monotonic()
+    with subprocess.Popen(
+        helm_command("upgrade", RELEASE, str(CHART), "--wait", "--timeout", "5m", *upgrade_values),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as upgrade:
+        created, failures = create_pods_until(
+            lambda: upgrade.poll() is not None and restart_finished(release),
+            apps,
+            "during-helm-upgrade-",
+        )
+        output = upgrade.communicate()[0]
+    MEASURED["helm upgrade --wait (a rolling restart), s"] = time.monotonic() - started
+    MEASURED["pods created during helm upgrade"] = created
+    assert upgrade.returncode == 0, output
+    assert failures == []
+    assert created >= 10, "the loop ran across the upgrade"
+    assert_all_injected(apps, created)
+    # The webhook's certificates and caBundle survived the upgrade (Helm owns neither's data).
+    assert get("-n", release, "secret", "sidecar-webhook-certs")["data"]
+    configuration = get("mutatingwebhookconfiguration", "sidecar-webhook")
+    assert all(hook["clientConfig"].get("caBundle") for hook in configuration["webhooks"])
+    # And the new value is in force: a pod created now gets the sidecar with the upgraded limit.
+    pods = get("-n", apps, "pods", "--sort-by=.metadata.creationTimestamp")["items"]
+    (sidecar,) = [c for c in pods[-1]["spec"]["containers"] if c["name"] == "log-app"]
+    assert sidecar["resources"]["limits"]["memory"] == "48Mi"
+
+
+def namespaced_objects(namespace: str) -> list[str]:
+    kinds = "all,secrets,configmaps,serviceaccounts,roles,rolebindings,poddisruptionbudgets,resourcequotas"
+    return sorted(kubectl("get", kinds, "-n", namespace, "-o", "name").split())
+
+
+def test_helm_uninstall_leaves_nothing_and_pods_are_no_longer_injected(release: str, apps: str) -> None:
+    helm("uninstall", RELEASE, "--wait", "--timeout", "3m")
+    assert kubectl("get", CLUSTER_WIDE, "-l", "app.kubernetes.io/name=sidecar-webhook", "-o", "name") == ""
+    assert (
+        kubectl("get", "mutatingwebhookconfiguration", "sidecar-webhook", "--ignore-not-found", "-o", "name")
+        == ""
+    )
+    # The replicas end after their preStop (the Deployment's garbage collection does not wait for them).
+    wait_for(lambda: kubectl("get", "pods", "-n", release, "-o", "name") == "", "the webhook's pods to end")
+    # What is left is what Kubernetes keeps in every namespace: the same as in a fresh one.
+    assert namespaced_objects(release) == namespaced_objects(apps)
+    assert kubectl("get", "secrets", "-n", release, "-l", "owner=helm", "-o", "name") == "", (
+        "no release record"
+    )
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "after", "annotations": {"sidecar.example/log-path": "/var/log/app.log"}},
+        "spec": {
+            "containers": [{"name": "app", "image": "docker.io/library/busybox:1.37", "command": ["true"]}]
+        },
+    }
+    created = json.loads(
+        kubectl("-n", apps, "create", "--dry-run=server", "-o", "json", "-f", "-", stdin=json.dumps(manifest))
+    )
+    assert [c["name"] for c in created["spec"]["containers"]] == ["app"], "nothing intercepts pods any more"
