@@ -95,7 +95,7 @@ image() {
 }
 
 # deploy/ as kustomize builds it, running $IMAGE: deploy/ itself for the default image, else an overlay
-# of it with kustomize's image override (the same thing a user's own overlay does, see README.md).
+# of it with kustomize's image override (the same thing a user's own overlay does, see deploy/README.md).
 apply_deploy() {
   if [[ "$IMAGE" == "$DEFAULT_IMAGE" ]]; then
     kubectl apply -k deploy/
