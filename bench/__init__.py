@@ -1,1 +1,1 @@
-"""Benchmarks of sidecar-webhook: `python -m bench` (see README.md, "Performance")."""
+"""Benchmarks of sidecar-webhook: `python -m bench` (see docs/performance.md)."""

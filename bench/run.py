@@ -30,8 +30,9 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # The Go peer: agnhost's sidecar-injecting handler, which decodes the whole pod and answers a patch.
 GO_PATH = "/mutating-pods-sidecar"
 GET_AGNHOST = (
-    "agnhost (Kubernetes' e2e test server) is not on PATH nor in $KUBEBUILDER_ASSETS; the kit has it: "
-    "export PATH=$(bash ../shared/kube/assets.sh | tail -1):$PATH"
+    "agnhost (Kubernetes' e2e test server) is not on PATH nor in $KUBEBUILDER_ASSETS: put it on PATH (it is "
+    "/agnhost in the image registry.k8s.io/e2e-test-images/agnhost:2.53), or in CI take the test kit's "
+    "(not part of a clone): export PATH=$(bash ../shared/kube/assets.sh | tail -1):$PATH"
 )
 # The issue's targets, as ratios of ours to Go's in one run: (scenario, throughput at least, p99 at most).
 TARGETS = [("seed pod", 1.3, 0.5), ("1 MiB pod", 10.0, None), ("100 containers", 1.3, None)]

@@ -4,8 +4,9 @@ it costs idle and under load (CPU, resident memory). The previous program (busyb
 trapping shell, tests/fixtures/earlier-sidecars.json) runs in the same run on the same node, and the
 report gives the ratios of the current one to it.
 
-Run where the node runs (the kit's: `bash ../shared/kube/node.sh up`), as root: it reads the kubelet's
-container logs under /var/log/pods and the sidecar's processes under /proc.
+Run where the node runs, as root (in CI, the test kit's one-node cluster: `bash ../shared/kube/node.sh up`;
+the kit is not part of a clone, docs/development.md): it reads the kubelet's container logs under
+/var/log/pods and the sidecar's processes under /proc.
 
     KUBECONFIG=... python -m bench.sidecar [--megabytes 100] [--lines 100] [--idle-seconds 30] [--json F]
 """

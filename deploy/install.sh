@@ -13,13 +13,13 @@
 #                            minikube  `minikube image build` inside the minikube profile
 #                            kind      `docker build`, then `kind load docker-image` into $KIND_CLUSTER
 #                            push      `docker build`, then `docker push` to the registry the image names
-#                            kit       the local kit's image.sh (buildah into the node's containerd; root)
+#                            kit       CI's test kit's image.sh (buildah into the node's containerd; root)
 #                            none      nothing: the nodes can already pull the image
 #                          default: minikube for a context named like the minikube profile, kind for a
 #                          context kind-NAME, else none
 #   KUBE_CONTEXT           kubeconfig context to install into (default: the current context)
 #   MINIKUBE_PROFILE       minikube profile (default minikube); KIND_CLUSTER kind cluster (default: from the context)
-#   KUBE_KIT               the kit's directory, for LOAD=kit (default ../shared/kube)
+#   KUBE_KIT               CI's test kit, for LOAD=kit (default ../shared/kube; not part of a clone)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -95,7 +95,7 @@ image() {
 }
 
 # deploy/ as kustomize builds it, running $IMAGE: deploy/ itself for the default image, else an overlay
-# of it with kustomize's image override (the same thing a user's own overlay does, see README.md).
+# of it with kustomize's image override (the same thing a user's own overlay does, see deploy/README.md).
 apply_deploy() {
   if [[ "$IMAGE" == "$DEFAULT_IMAGE" ]]; then
     kubectl apply -k deploy/

@@ -2,7 +2,8 @@
 once per module, and clients of it.
 
 KUBEBUILDER_ASSETS names a directory with etcd, kube-apiserver and kubectl, the layout `setup-envtest use -p
-path` prints (or the kube kit's: `export KUBEBUILDER_ASSETS=$(bash ../shared/kube/assets.sh | tail -1)`).
+path` prints (in CI, its test kit's, beside the repository and not part of a clone:
+`export KUBEBUILDER_ASSETS=$(bash ../shared/kube/assets.sh | tail -1)`).
 Nothing else is needed: the certificates, the ServiceAccount signing key and the admin token are made here.
 With no nodes and no controller-manager, pods are only stored; admission webhooks are called as on any
 cluster (point them at a server on this machine with clientConfig.url)."""
@@ -35,7 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BINARIES = ("etcd", "kube-apiserver", "kubectl")
 HOW_TO_GET = (
     "these tests start etcd and kube-apiserver themselves from KUBEBUILDER_ASSETS, a directory with "
-    f"{', '.join(BINARIES)}: `export KUBEBUILDER_ASSETS=$(setup-envtest use -p path)`, or with the kube kit: "
+    f"{', '.join(BINARIES)}: `export KUBEBUILDER_ASSETS=$(setup-envtest use -p path)`, or in CI with its "
+    "test kit (beside the repository, not part of a clone): "
     "`export KUBEBUILDER_ASSETS=$(bash ../shared/kube/assets.sh | tail -1)`"
 )
 SERVICE_CIDR = "10.96.0.0/24"

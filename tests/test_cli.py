@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from tests.kube import ADMISSION
+from tests.kube import ADMISSION, apply, load_review, patch_ops
 from tests.server import RunningServer, free_port
 from webhook import cli
 from webhook.settings import Settings
@@ -57,6 +57,43 @@ def test_review_of_a_malformed_call_exits_1_with_the_http_error() -> None:
     assert printed.returncode == 1
     assert b"HTTP 400" in printed.stderr and b"request: Field required" in printed.stderr
     assert printed.stdout == b""
+
+
+def test_review_patch_prints_the_decoded_patch_that_gives_the_pod_its_sidecar() -> None:
+    path = str(ADMISSION / "seed-pod.json")
+    printed = sidecar_webhook("review", "--patch", "-f", path)
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stderr == b""
+    patch = json.loads(printed.stdout)
+    assert patch == patch_ops(json.loads(sidecar_webhook("review", "-f", path).stdout)["response"])
+    pod = apply(load_review("seed-pod")["request"]["object"], patch)
+    (sidecar,) = [c for c in pod["spec"]["containers"] if c["name"] == "log-app"]
+    assert sidecar["command"][-2:] == ["/var/log/app.log", "/run/log-sidecar/log-app"]  # follows the file
+    assert pod["metadata"]["annotations"]["sidecar.example/injected"] == "log-app"
+
+
+def test_review_patch_of_a_pod_without_the_annotation_prints_an_empty_list() -> None:
+    printed = sidecar_webhook("review", "--patch", "-f", str(ADMISSION / "no-annotation.json"))
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout == b"[]\n"
+
+
+def test_review_patch_of_a_denied_pod_exits_1_with_the_message_on_stderr() -> None:
+    printed = sidecar_webhook("review", "--patch", "-f", str(ADMISSION / "bad-relative-path.json"))
+    assert printed.returncode == 1
+    assert printed.stdout == b""
+    assert printed.stderr.decode() == (
+        'sidecar-webhook review: denied, so no patch: annotation sidecar.example/log-path: "logs/app.log" is '
+        "not an absolute path; expected one or more absolute file paths separated by commas, e.g. "
+        '"/var/log/app.log"\n'
+    )
+
+
+def test_review_patch_prints_the_warnings_on_stderr_and_the_patch_alone_on_stdout() -> None:
+    printed = sidecar_webhook("review", "--patch", "-f", str(ADMISSION / "different-users.json"))
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stderr.startswith(b"sidecar-webhook review: warning: the log sidecar runs as uid 65534")
+    assert {op["op"] for op in json.loads(printed.stdout)} == {"add"}
 
 
 def test_review_of_a_missing_file_exits_2(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """--client-ca-file: the real server process over real TLS takes reviews only from clients whose certificate
 its client CA signed, as the API server sends with an AdmissionConfiguration; the probes stay open. Last, a
-real kube-apiserver (envtest) configured as README.md shows, calling the server."""
+real kube-apiserver (envtest) configured as docs/certificates.md shows, calling the server."""
 
 import base64
 import json
@@ -126,12 +126,12 @@ def test_without_the_setting_a_client_without_a_certificate_gets_its_review(clie
     assert answer.status_code == 200 and answer.json()["response"]["allowed"] is True
 
 
-# --- a real kube-apiserver configured as README.md shows: AdmissionConfiguration -> kubeconfig -> certificate
+# --- a real kube-apiserver as docs/certificates.md configures it: AdmissionConfiguration, kubeconfig, cert
 
 
 def admission_configuration(work: Path, users: dict[str, tuple[Path, Path]]) -> Path:
-    """The AdmissionConfiguration README.md documents, with a kubeconfig giving each webhook host its
-    client certificate."""
+    """The AdmissionConfiguration docs/certificates.md documents, with a kubeconfig giving each webhook host
+    its client certificate."""
     kubeconfig = {
         "apiVersion": "v1",
         "kind": "Config",

@@ -235,8 +235,8 @@ def kubectl() -> str:
     found = found or shutil.which("kubectl")
     if found is None:
         pytest.skip(
-            "kubectl is needed to render the overlays: put it on PATH or "
-            "export KUBEBUILDER_ASSETS=$(bash ../shared/kube/assets.sh | tail -1)"
+            "kubectl is needed to render the overlays: put it on PATH, or in CI take the test kit's "
+            "(not part of a clone): export KUBEBUILDER_ASSETS=$(bash ../shared/kube/assets.sh | tail -1)"
         )
     return found
 

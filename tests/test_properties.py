@@ -294,8 +294,8 @@ def test_sidecar_runs_as_the_targets_one_non_root_user_else_as_nobody_with_a_rea
 
 
 def expected_resources(annotations: dict[str, str]) -> dict[str, dict[str, str]] | str:
-    """The sidecar's resources by the README's rules, or the annotation that must be denied: each
-    value on its own first, in the table's order, then each request against its limit."""
+    """The sidecar's resources by the rules of docs/injection.md, "Resources", or the annotation that must be
+    denied: each value on its own first, in the table's order, then each request against its limit."""
     defaults = {
         "cpu": (("5m", Decimal("0.005")), ("50m", Decimal("0.05")), Decimal(1)),
         "memory": (("8Mi", Decimal(8 * 2**20)), ("32Mi", Decimal(32 * 2**20)), Decimal(2**29)),

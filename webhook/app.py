@@ -48,7 +48,7 @@ BODY_TIMEOUT_SECONDS = 10.0
 # Larger bodies are read a few at a time, and the others wait with their bytes in the kernel's
 # socket buffers, not in ours: without this, 30 clients sending 8 MiB at once would fill the
 # Deployment's 256 MiB limit. It costs nothing in speed (one core reviews one pod at a time however
-# many are read at once); 16 pods of 1 MiB at once peak at 77 MiB instead of 81 (README, "Performance").
+# many are read at once); 16 pods of 1 MiB at once peak at 77 MiB instead of 81 (docs/performance.md).
 LARGE_BODY_BYTES = 64 * 1024
 LARGE_BODIES_AT_ONCE = 4
 # A large body waits for its turn until this share of its time is left, not to the end: a turn

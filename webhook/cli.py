@@ -1,12 +1,14 @@
 """The command line: `sidecar-webhook serve`, `review`, `inject`, `check` and `certs`."""
 
 import argparse
+import base64
 import json
 import os
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
@@ -150,6 +152,12 @@ def _parser() -> argparse.ArgumentParser:
         "review", help="print the response the server would give to a captured AdmissionReview"
     )
     review.add_argument("-f", "--file", required=True, help="the AdmissionReview as JSON, or - for stdin")
+    review.add_argument(
+        "--patch",
+        action="store_true",
+        help="print the JSONPatch the response carries, decoded from base64 ([] when none); a denial "
+        "exits 1 with its message on stderr",
+    )
     review.set_defaults(run=_review, prog=review.prog)
 
     inject = commands.add_parser(
@@ -275,7 +283,8 @@ def _review(args: argparse.Namespace, settings: Settings) -> int:
         print(f"sidecar-webhook review: cannot read {args.file}: {error.strerror}", file=sys.stderr)
         return 2
     reply = admission.review(body, settings)
-    text = json.dumps(json.loads(reply.body), indent=2, ensure_ascii=False)
+    answer = json.loads(reply.body)
+    text = json.dumps(answer, indent=2, ensure_ascii=False)
     if reply.status_code != 200:
         print(
             f"sidecar-webhook review: the server would answer HTTP {reply.status_code}:\n{text}",
@@ -284,7 +293,22 @@ def _review(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     for warning in reply.decision.warnings if reply.decision is not None else ():
         print(f"sidecar-webhook review: warning: {warning}", file=sys.stderr)
+    if args.patch:
+        return _print_patch(answer["response"])
     print(text)
+    return 0
+
+
+def _print_patch(response: dict[str, Any]) -> int:
+    """The patch as the API server reads it: base64 decoded from the response, not taken from the engine,
+    so what is printed is what the server sends."""
+    if not response["allowed"]:
+        print(
+            f"sidecar-webhook review: denied, so no patch: {response['status']['message']}", file=sys.stderr
+        )
+        return 1
+    patch = json.loads(base64.b64decode(response["patch"])) if "patch" in response else []
+    print(json.dumps(patch, indent=2, ensure_ascii=False))
     return 0
 
 

@@ -2,7 +2,7 @@
 
 Two ways in, one shape out. Everything logs through the `logging` module, except the line written
 for each review: that one is on the API server's critical path, where a LogRecord, the handler's
-lock and the formatter cost as much as the review itself (README, "Performance"). `Lines` writes it
+lock and the formatter cost as much as the review itself (docs/performance.md). `Lines` writes it
 straight to stderr, still gated by the logging level of its logger.
 """
 

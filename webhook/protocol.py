@@ -20,7 +20,7 @@ with a request, or began to wait just now, answers 503.
 One write: uvicorn writes a response's headers and its body as they come, each its own TLS record
 and system call. Holding the writes of one turn of the event loop and sending them together, as
 Go's buffered response writer does, makes a review one record and one call: 6,600 -> 8,300 reviews/s
-(README, "Performance"). Nothing waits longer than that turn.
+(docs/performance.md). Nothing waits longer than that turn.
 
 Client certificate: when the client sent one (the server asks only with --client-ca-file, and the TLS
 layer has verified it against that CA by then), each request's scope carries it as the ASGI TLS
@@ -41,7 +41,7 @@ from webhook.admission import refuse
 HEADER_TIMEOUT_SECONDS = 10.0
 # uvicorn stops reading a body once it holds 64 KiB the app hasn't asked for, but the TLS layer
 # beneath decrypts ahead into a buffer of its own, 256 KiB a connection by default. Held to uvicorn's
-# 64 KiB, 16 clients each sending a 1 MiB pod peak at 79 MiB instead of 82 (README, "Performance"),
+# 64 KiB, 16 clients each sending a 1 MiB pod peak at 79 MiB instead of 82 (docs/performance.md),
 # for a tenth of those pods' throughput.
 TLS_READ_AHEAD_BYTES = 64 * 1024
 # The API server's call carries a few hundred bytes of headers (a bearer token, if its

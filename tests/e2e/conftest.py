@@ -12,7 +12,8 @@ from tests.e2e.cluster import MEASURED, install, kubectl
 
 HOW_TO_RUN = (
     "end-to-end tests run only when asked: `pytest tests/e2e --e2e` against the cluster in KUBECONFIG "
-    "(minikube, kind, ...; see tests/e2e/README.md); .ci/run runs them on ../shared/kube's one-node cluster"
+    "(minikube, kind, ...; see tests/e2e/README.md); .ci/run runs them on the one-node cluster of CI's test "
+    "kit (../shared/kube, which a clone does not have)"
 )
 
 
@@ -23,7 +24,7 @@ def cluster(request: pytest.FixtureRequest) -> None:
     if shutil.which("kubectl") is None:
         pytest.fail(
             "--e2e needs kubectl on PATH "
-            "(the kit's: export PATH=$(bash ../shared/kube/assets.sh | tail -1):$PATH)"
+            "(in CI, its test kit's: export PATH=$(bash ../shared/kube/assets.sh | tail -1):$PATH)"
         )
     kubectl("get", "--raw", "/readyz", timeout=20)
 

@@ -141,7 +141,9 @@ def seconds_between(earlier: str, later: str) -> float:
 
 def test_a_job_ending_with_a_100_mb_burst_gets_every_line_at_the_default_resources(namespace: str) -> None:
     if not os.access(POD_LOGS, os.R_OK | os.X_OK):
-        pytest.skip(f"reading the node's container logs needs {POD_LOGS} (the kit's node runs here, as root)")
+        pytest.skip(
+            f"reading the node's container logs needs {POD_LOGS} (CI's test kit runs its node here, as root)"
+        )
     count = 2_000_000  # 54 bytes a line: 108 MB, written as fast as sed goes, then the app exits
     run_to_completion(
         "burst",
@@ -208,7 +210,7 @@ def test_the_sidecar_benchmark_measures_both_programs(cluster: None, tmp_path: P
     figures are the benchmark's to judge, not the test's)."""
     if not os.access(POD_LOGS, os.R_OK | os.X_OK):
         pytest.skip(
-            f"the sidecar's benchmark reads the node's {POD_LOGS} (the kit's node runs here, as root)"
+            f"the sidecar's benchmark reads the node's {POD_LOGS} (CI's test kit runs its node here, as root)"
         )
     out = tmp_path / "sidecar.json"
     args = ["--megabytes", "5", "--lines", "10", "--idle-seconds", "2", "--json", str(out)]
