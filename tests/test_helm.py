@@ -122,8 +122,18 @@ def differences(
 # --- helm lint and the values schema ----------------------------------------------------------------------
 
 
-def test_helm_lint_passes_strict() -> None:
-    done = run_helm("lint", "--strict", str(CHART))
+@pytest.mark.parametrize(
+    "values",
+    [
+        (),
+        EVERYTHING_ON,
+        ("certificates.mode=cert-manager",),
+        ("certificates.mode=secret", f"certificates.secret.caBundle={CA_BUNDLE}"),
+    ],
+    ids=["defaults", "everything-on", "cert-manager", "secret"],
+)
+def test_helm_lint_passes_strict(values: tuple[str, ...]) -> None:
+    done = run_helm("lint", "--strict", str(CHART), *[arg for value in values for arg in ("--set", value)])
     assert done.returncode == 0, done.stdout + done.stderr
     assert "0 chart(s) failed" in done.stdout
 

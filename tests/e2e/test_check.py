@@ -18,12 +18,12 @@ from tests.test_check import CHECKS  # the checks in the order check prints them
 INSTALL = "kubectl apply -k deploy/"
 
 
-def check(test_namespace: str) -> tuple[int, dict[str, dict[str, Any]]]:
-    """`sidecar-webhook check -o json` against the cluster of KUBECONFIG (and KUBE_CONTEXT, as
+def check(test_namespace: str, *args: str) -> tuple[int, dict[str, dict[str, Any]]]:
+    """`sidecar-webhook check -o json ARGS` against the cluster of KUBECONFIG (and KUBE_CONTEXT, as
     deploy/install.sh), its dry-run pods in `test_namespace`: its exit status and its results by check."""
     context = os.environ.get("KUBE_CONTEXT")
     done = subprocess.run(
-        [sys.executable, "-m", "webhook", "check", "-o", "json", "--test-namespace", test_namespace]
+        [sys.executable, "-m", "webhook", "check", "-o", "json", "--test-namespace", test_namespace, *args]
         + (["--context", context] if context else []),
         capture_output=True,
         text=True,

@@ -7,14 +7,15 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from tests.e2e.cluster import MEASURED, ROOT, get, install, kubectl, wait_for
+from tests.e2e.test_check import check
 from tests.e2e.test_on_a_node import assert_all_injected, create_pods_until, restart_finished
 
 CHART = ROOT / "deploy" / "helm" / "sidecar-webhook"
@@ -71,6 +72,24 @@ def apps(release: str) -> Iterator[str]:
     kubectl("delete", "namespace", name, "--wait=false")
 
 
+def dry_run_annotated_pod(namespace: str) -> dict[str, Any]:
+    """An annotated pod as the API server would create it now (server-side dry-run)."""
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "dry-run", "annotations": {"sidecar.example/log-path": "/var/log/app.log"}},
+        "spec": {
+            "containers": [{"name": "app", "image": "docker.io/library/busybox:1.37", "command": ["true"]}]
+        },
+    }
+    created: dict[str, Any] = json.loads(
+        kubectl(
+            "-n", namespace, "create", "--dry-run=server", "-o", "json", "-f", "-", stdin=json.dumps(manifest)
+        )
+    )
+    return created
+
+
 def test_helm_test_passes_an_annotated_dry_run_pod_comes_back_injected(release: str) -> None:
     started = time.monotonic()
     output = helm("test", RELEASE, "--logs", "--timeout", "3m")
@@ -102,18 +121,10 @@ def test_helm_test_passes_an_annotated_dry_run_pod_comes_back_injected(release: 
     )
 
 
-def test_check_passes_every_check_against_the_release(release: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "webhook", "check", "-o", "json", "--namespace", release],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=ROOT,
-        check=False,
-    )
-    print(done.stdout, done.stderr, sep="\n")
-    results = json.loads(done.stdout)
-    assert done.returncode == 0 and [r for r in results if r["status"] != "ok"] == []
+def test_check_passes_every_check_against_the_release(release: str, apps: str) -> None:
+    code, results = check(apps, "--namespace", release)
+    assert code == 0
+    assert [r for r in results.values() if r["status"] != "ok"] == []
 
 
 def test_helm_upgrade_while_pods_are_created_refuses_none_and_brings_the_new_values(
@@ -144,8 +155,7 @@ def test_helm_upgrade_while_pods_are_created_refuses_none_and_brings_the_new_val
     configuration = get("mutatingwebhookconfiguration", "sidecar-webhook")
     assert all(hook["clientConfig"].get("caBundle") for hook in configuration["webhooks"])
     # And the new value is in force: a pod created now gets the sidecar with the upgraded limit.
-    pods = get("-n", apps, "pods", "--sort-by=.metadata.creationTimestamp")["items"]
-    (sidecar,) = [c for c in pods[-1]["spec"]["containers"] if c["name"] == "log-app"]
+    (sidecar,) = [c for c in dry_run_annotated_pod(apps)["spec"]["containers"] if c["name"] == "log-app"]
     assert sidecar["resources"]["limits"]["memory"] == "48Mi"
 
 
@@ -168,15 +178,5 @@ def test_helm_uninstall_leaves_nothing_and_pods_are_no_longer_injected(release: 
     assert kubectl("get", "secrets", "-n", release, "-l", "owner=helm", "-o", "name") == "", (
         "no release record"
     )
-    manifest = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "after", "annotations": {"sidecar.example/log-path": "/var/log/app.log"}},
-        "spec": {
-            "containers": [{"name": "app", "image": "docker.io/library/busybox:1.37", "command": ["true"]}]
-        },
-    }
-    created = json.loads(
-        kubectl("-n", apps, "create", "--dry-run=server", "-o", "json", "-f", "-", stdin=json.dumps(manifest))
-    )
+    created = dry_run_annotated_pod(apps)
     assert [c["name"] for c in created["spec"]["containers"]] == ["app"], "nothing intercepts pods any more"
