@@ -38,21 +38,20 @@ def image(cluster: None) -> None:
 
 
 @pytest.fixture(scope="session")
-def installed(image: None) -> Iterator[float]:
-    """Install deploy/ and wait for the rollout, as deploy/README.md says. Yields the moment `apply` began
-    (the seed test measures from there to a streaming sidecar). Uninstalls at the end whatever happened
-    (the last test checks that uninstalling leaves nothing behind)."""
+def installed(image: None) -> Iterator[None]:
+    """Install deploy/ and wait for the rollout, as deploy/README.md says. Uninstalls at the end whatever
+    happened (the last test checks that uninstalling leaves nothing behind)."""
     applied = time.monotonic()
     try:
         install("apply")
         MEASURED["install applied and rolled out, s"] = time.monotonic() - applied
-        yield applied
+        yield
     finally:
         install("down")
 
 
 @pytest.fixture
-def namespace(installed: float, request: pytest.FixtureRequest) -> Iterator[str]:
+def namespace(installed: None, request: pytest.FixtureRequest) -> Iterator[str]:
     name = f"e2e-{request.node.name[5:30].rstrip('_').replace('_', '-')}-{uuid.uuid4().hex[:5]}"
     kubectl("create", "namespace", name)
     yield name

@@ -63,12 +63,15 @@ def wait_ready(namespace: str, name: str) -> None:
     kubectl("-n", namespace, "wait", "--for=condition=Ready", f"pod/{name}", "--timeout=120s", timeout=130)
 
 
-def test_the_seed_pod_streams_the_dates_and_new_ones_keep_arriving(namespace: str, installed: float) -> None:
+def test_the_seed_pod_streams_the_dates_and_new_ones_keep_arriving(namespace: str) -> None:
+    # Timed from the pod's creation: the install's own time is "install applied and rolled out", and the
+    # tests of other files may run between the install and this one.
+    created = time.monotonic()
     kubectl("-n", namespace, "apply", "-f", str(SEED_POD))
     assert container_names(namespace, "sidecar") == ["main-container", "log-app"]
     first = wait_for(lambda: logs(namespace, "sidecar", "log-app"), "the first line in the sidecar's log")
-    MEASURED["`install.sh apply` (kubectl apply -k deploy/) to a streaming sidecar, s"] = (
-        time.monotonic() - installed
+    MEASURED["the seed pod from kubectl apply to its first line in the sidecar's log, s"] = (
+        time.monotonic() - created
     )
 
     def longer() -> list[str] | None:
