@@ -5,14 +5,21 @@ import json
 from typing import Any
 
 import orjson
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from tests.kube import review_with
 from webhook import admission
-from webhook.admission import MAX_JSON_OBJECTS
+from webhook.admission import COUNT_SLICE_BYTES, MAX_JSON_OBJECTS, json_objects
 from webhook.engine import MAX_CONTAINERS, MAX_PATCH_BYTES, MAX_VOLUME_MOUNTS, decide_pod
 from webhook.settings import Settings
 
 LOG_PATH = "sidecar.example/log-path"
+# Bounded: each example is up to 192 KiB.
+settings_profile = hypothesis_settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 EIGHT_FILES = ",".join(f"/logs/{i}/app.log" for i in range(8))
 
 
@@ -78,6 +85,31 @@ def test_a_body_of_more_json_objects_than_the_cap_is_refused_with_413_before_it_
     reply = admission.review(json.dumps(review_with(pod)).encode(), settings)
     assert reply.status_code == 413
     assert f"more than the {MAX_JSON_OBJECTS}" in json.loads(reply.body)["error"]
+
+
+# Bodies of runs of other bytes and of braces, across slice boundaries.
+bodies = st.lists(st.tuples(st.integers(0, COUNT_SLICE_BYTES + 10), st.integers(0, 3000)), max_size=5).map(
+    lambda runs: b"".join(b"x" * other + b"{" * braces for other, braces in runs)
+)
+
+
+@settings_profile
+@given(body=bodies, stop_above=st.integers(0, 6000))
+def test_the_sliced_count_is_the_bytes_count_up_to_the_cap_and_stops_past_it(
+    body: bytes, stop_above: int
+) -> None:
+    found = json_objects(body, stop_above)
+    if body.count(b"{") <= stop_above:
+        assert found == body.count(b"{")
+    else:
+        # Past the cap: at least one more than it, and never beyond the slice that crossed it.
+        assert stop_above < found <= body.count(b"{")
+        crossed = next(
+            end
+            for end in range(COUNT_SLICE_BYTES, len(body) + COUNT_SLICE_BYTES, COUNT_SLICE_BYTES)
+            if body[:end].count(b"{") > stop_above
+        )
+        assert found == body[:crossed].count(b"{")
 
 
 def test_the_denial_reaches_the_api_server_as_allowed_false_with_its_message(settings: Settings) -> None:

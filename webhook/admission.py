@@ -22,9 +22,13 @@ from webhook.workloads import slips
 # ({"name":"c1"}, 380,000 of them) took 1.1 s and 126 MiB to parse into the pod's view, on the event
 # loop every other review waits for. A real pod has hundreds of objects (containers, env entries,
 # mounts, probes), a few thousand at the most; 25,000 cost at most 0.2 s and 15 MiB. Counted as the
-# bytes "{" of the body, strings included: a count that costs a millisecond, and can only overcount,
-# by the braces in strings (an env value holding JSON), which would need tens of thousands of them.
+# bytes "{" of the body, strings included: a count that can only overcount, by the braces in strings
+# (an env value holding JSON), which would need tens of thousands of them.
 MAX_JSON_OBJECTS = 25_000
+# The count goes a slice at a time and stops past the cap. bytes.replace finds a rare byte with memchr,
+# 6 times faster than bytes.count on a 1 MiB pod (0.05 ms, not 0.3; under load count was 12% of the
+# server's time), but it slows down with every match: slices bound the work past the cap to one slice.
+COUNT_SLICE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,12 +45,12 @@ class Reply:
 
 def review(body: bytes, settings: Settings) -> Reply:
     """Answer one AdmissionReview given as JSON bytes. Never raises."""
-    objects = body.count(b"{")
+    objects = json_objects(body, stop_above=MAX_JSON_OBJECTS)
     if objects > MAX_JSON_OBJECTS:
         return refuse(
             413,
-            f"the body has {objects} JSON objects (counted as '{{', strings included), more than the "
-            f"{MAX_JSON_OBJECTS} of any Pod's review",
+            f"the body has at least {objects} JSON objects (counted as '{{', strings included), more than "
+            f"the {MAX_JSON_OBJECTS} of any Pod's review",
         )
     try:
         envelope = AdmissionReview.model_validate_json(body)
@@ -62,6 +66,17 @@ def review(body: bytes, settings: Settings) -> Reply:
         body = encode(envelope.api_version, request.uid, decision, code=500)
         return Reply(200, body, request, decision, f"{type(error).__name__}: {error}", error)
     return Reply(200, encode(envelope.api_version, request.uid, decision), request, decision)
+
+
+def json_objects(body: bytes, stop_above: int) -> int:
+    """The bytes "{" of `body`, counted until there are more than `stop_above`."""
+    found = 0
+    for start in range(0, len(body), COUNT_SLICE_BYTES):
+        piece = body[start : start + COUNT_SLICE_BYTES]
+        found += len(piece) - len(piece.replace(b"{", b""))
+        if found > stop_above:
+            break
+    return found
 
 
 def warn(body: bytes, settings: Settings) -> Reply:
