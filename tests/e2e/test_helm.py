@@ -3,13 +3,16 @@
 values in force after it), and `helm uninstall` leaving nothing. The tests run in that order, after every
 other end-to-end test (conftest.py): Helm will not take over the objects of the kustomize install."""
 
+import base64
 import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -180,3 +183,56 @@ def test_helm_uninstall_leaves_nothing_and_pods_are_no_longer_injected(release: 
     )
     created = dry_run_annotated_pod(apps)
     assert [c["name"] for c in created["spec"]["containers"]] == ["app"], "nothing intercepts pods any more"
+
+
+def test_the_secret_mode_serves_your_own_certificate_under_the_ca_bundle_of_the_values(
+    release: str, apps: str, tmp_path: Path
+) -> None:
+    """certificates.mode=secret: a TLS Secret of the user's (here from `certs create`) and its CA as
+    certificates.secret.caBundle; the replicas serve it and `helm test` passes. Runs after the uninstall
+    above, in the namespace Helm left."""
+    certs = tmp_path / "certs"
+    cli = Path(sys.executable).with_name("sidecar-webhook")
+    subprocess.run(
+        [cli, "certs", "create", "--service", "sidecar-webhook", "--namespace", release, "--out", certs],
+        check=True,
+    )
+    kubectl(
+        "-n",
+        release,
+        "create",
+        "secret",
+        "tls",
+        "sidecar-webhook-tls",
+        "--cert",
+        str(certs / "tls.crt"),
+        "--key",
+        str(certs / "tls.key"),
+    )
+    ca_bundle = base64.b64encode((certs / "ca.crt").read_bytes()).decode()
+    try:
+        helm(
+            "install",
+            RELEASE,
+            str(CHART),
+            "--wait",
+            "--timeout",
+            "5m",
+            "--set",
+            "certificates.mode=secret",
+            "--set",
+            f"certificates.secret.caBundle={ca_bundle}",
+        )
+        for hook in get("mutatingwebhookconfiguration", "sidecar-webhook")["webhooks"]:
+            assert hook["clientConfig"]["caBundle"] == ca_bundle
+        helm("test", RELEASE, "--logs", "--timeout", "3m")
+        (sidecar,) = [c for c in dry_run_annotated_pod(apps)["spec"]["containers"] if c["name"] == "log-app"]
+        assert sidecar["image"] == "docker.io/library/busybox:1.37"
+        assert "secret/sidecar-webhook-certs" not in kubectl("get", "secrets", "-n", release, "-o", "name")
+    finally:
+        helm("uninstall", RELEASE, "--wait", "--timeout", "3m")
+    # The Secret was the user's, not the release's: it stays.
+    assert (
+        kubectl("-n", release, "get", "secret", "sidecar-webhook-tls", "-o", "name")
+        == "secret/sidecar-webhook-tls\n"
+    )
