@@ -25,7 +25,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 NAMESPACE=sidecar-webhook
-DEFAULT_IMAGE=sidecar-webhook:dev # what deploy/deployment.yaml names
+DEFAULT_IMAGE=sidecar-webhook:dev # what deploy/base/deployment.yaml names
 IMAGE=${SIDECAR_WEBHOOK_IMAGE:-$DEFAULT_IMAGE}
 PROFILE=${MINIKUBE_PROFILE:-minikube}
 SEED_POD=tests/fixtures/manifests/01-seed-pod.yaml

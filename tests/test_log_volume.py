@@ -78,7 +78,7 @@ def test_the_servers_default_applies_and_the_annotation_overrides_it(settings: S
     [
         ("lots", "is not a Kubernetes quantity"),
         ("-1Gi", "is negative"),
-        ("0", "is 0, which Kubernetes reads as no limit at all"),
+        ("0", "is 0, which would get the pod evicted at the log's first byte"),
         ("500m", "is not a whole number of bytes"),
         ("11Gi", "is above the maximum of 10Gi that this webhook allows"),
     ],

@@ -172,7 +172,11 @@ def _quantity_parser(
             # "128m" is 0.128 bytes: a slip for 128Mi that the API server would only warn about.
             raise refuse("is not a whole number of bytes (m means thousandths; Mi means mebibytes)")
         if nonzero and quantity.value == 0:
-            raise refuse("is 0, which Kubernetes reads as no limit at all")
+            raise refuse(
+                "is 0, which would get the pod evicted at the log's first byte"
+                if what == "disk"
+                else "is 0, which Kubernetes reads as no limit at all"
+            )
         if quantity.value > parse_quantity(maximum).value:
             raise refuse(f"is above the maximum of {maximum} that this webhook allows")
         return quantity

@@ -163,8 +163,8 @@ def create_app(
     metrics = metrics if metrics is not None else Metrics()
     metrics.ready.set_function(lambda: float(serving.status() == "ready"))
     large_bodies = asyncio.Semaphore(LARGE_BODIES_AT_ONCE)
-    # Only /mutate: the TLS layer can't require the certificate without failing the kubelet's HTTPS
-    # probes, which send none; /healthz and /readyz tell nothing worth a certificate.
+    # Only the review routes (/mutate, /warn): the TLS layer can't require the certificate without
+    # failing the kubelet's HTTPS probes, which send none; /healthz and /readyz tell nothing worth one.
     client_certificate_required = settings.client_ca_file is not None
     # No HTTP docs: the schema is printed by `sidecar-webhook openapi`, and the port faces only
     # the API server.

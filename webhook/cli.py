@@ -92,7 +92,7 @@ def _shown(value: object) -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sidecar-webhook",
-        description="Kubernetes mutating admission webhook that injects a log-tailing sidecar.",
+        description="Kubernetes mutating admission webhook that injects a log-streaming sidecar.",
         epilog="Every setting can also be given as an environment variable SIDECAR_WEBHOOK_<NAME>, "
         "e.g. SIDECAR_WEBHOOK_PORT=8443 or SIDECAR_WEBHOOK_SIDECAR_IMAGE=docker.io/library/busybox:1.37.",
     )
@@ -120,8 +120,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--client-ca-file",
         type=Path,
-        help="require a client certificate signed by a CA of this PEM file to call /mutate (the API "
-        "server's, from its AdmissionConfiguration); the probes stay open (off by default)",
+        help="require a client certificate signed by a CA of this PEM file to call /mutate or /warn "
+        "(the API server's, from its AdmissionConfiguration); the probes stay open (off by default)",
     )
     cluster = serve.add_argument_group(
         "certificates",

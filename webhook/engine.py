@@ -265,7 +265,7 @@ def _empty_dir(size: str) -> dict[str, Any]:
 
 
 def _existing_sidecars(containers: Sequence[Container], files: Sequence[str]) -> dict[str, str]:
-    """Containers that already tail a requested file, by file: the sidecars a first pass added."""
+    """Containers that already follow a requested file, by file: the sidecars a first pass added."""
     wanted = set(files)
     found: dict[str, str] = {}
     for container in containers:

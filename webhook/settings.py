@@ -136,14 +136,15 @@ class Settings(BaseSettings):
     # refuse it. A digest (docker.io/library/busybox:1.37@sha256:...) pins the very image; the tag
     # beside it is then for readers only.
     sidecar_image: ImageReference = "docker.io/library/busybox:1.37"
-    # Small but real: tail needs almost nothing, and a namespace with a ResourceQuota
+    # Small but real: the follower needs almost nothing, and a namespace with a ResourceQuota
     # rejects containers without requests and limits.
     sidecar_cpu_request: Quantity = "5m"
     sidecar_memory_request: Quantity = "8Mi"
     sidecar_cpu_limit: Quantity = "50m"
     sidecar_memory_limit: Quantity = "32Mi"
     # The most a pod may ask for its sidecar through the sidecar.example/*-request and *-limit
-    # annotations: a tail needs far less, so this is a ceiling against typos ("1" for "1m"), not a budget.
+    # annotations: the follower needs far less, so this is a ceiling against typos ("1" for "1m"), not a
+    # budget.
     sidecar_cpu_max: Quantity = "1"
     sidecar_memory_max: Quantity = "512Mi"
 

@@ -79,7 +79,7 @@ def test_the_seed_pod_streams_the_dates_and_new_ones_keep_arriving(namespace: st
         return lines if len(lines) > len(first) else None
 
     more = wait_for(longer, "a new line in the sidecar's log", timeout=30)
-    assert all(DATE.match(line) for line in more), more  # the app's lines, and nothing of tail's
+    assert all(DATE.match(line) for line in more), more  # the app's lines, and nothing else
     assert more[: len(first)] == first
 
 
