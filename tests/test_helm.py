@@ -148,6 +148,7 @@ def test_helm_lint_passes_strict(values: tuple[str, ...]) -> None:
         ("certificates.mode=vault", "/certificates/mode"),
         ("image.digest=sha256:abc", "/image/digest"),
         ("metrics.port=8443", "/metrics/port"),
+        ("resources.limit.cpu=1", "additional properties 'limit' not allowed"),
         ("test.namespace=Not_A_Namespace", "/test/namespace"),
     ],
 )
