@@ -317,11 +317,17 @@ def configuration(objects: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return found
 
 
-def test_failure_policy_and_the_warning_webhook_follow_the_values() -> None:
-    (mutating,) = configuration(template("webhook.failurePolicy=Ignore", "webhook.warnings=false"))[
-        "webhooks"
-    ]
+def test_failure_policy_and_the_warning_webhook_follow_the_values_and_check_warns_of_each() -> None:
+    found = configuration(template("webhook.failurePolicy=Ignore", "webhook.warnings=false"))
+    (mutating,) = found["webhooks"]
     assert mutating["failurePolicy"] == "Ignore"
+    result = check.compare_configuration(found, NAMESPACE)
+    assert result.status == "warn"
+    assert result.message == (
+        "webhook slips.sidecar.example is not installed; log-sidecar.sidecar.example: failurePolicy is "
+        "Ignore, deploy/ has Fail"
+    )
+    assert "webhook.warnings=true" in result.hint and "apply deploy/ again for Fail" in result.hint
 
 
 def test_a_narrower_namespace_selector_keeps_every_exclusion_and_check_accepts_it() -> None:

@@ -247,8 +247,17 @@ def compare_configuration(found: Mapping[str, Any], namespace: str) -> Result:
     live = {hook["name"]: hook for hook in found.get("webhooks") or []}
     problems: list[str] = []
     warnings: list[str] = []
+    hints: list[str] = []
     for name in sorted(set(expected) - set(live)):
-        problems.append(f"webhook {name} is missing")
+        if expected[name].get("failurePolicy") == "Ignore":
+            # The webhook that only warns, turned off (the chart's webhook.warnings): a choice, not a break.
+            warnings.append(f"webhook {name} is not installed")
+            hints.append(
+                "without it kubectl does not warn of log-path on a workload's own metadata or of a "
+                "misspelled sidecar.example/ name (Helm: webhook.warnings=true)"
+            )
+        else:
+            problems.append(f"webhook {name} is missing")
     for name in sorted(set(live) - set(expected)):
         problems.append(f"webhook {name} is not deploy/'s")
     for name in sorted(set(expected) & set(live)):
@@ -261,7 +270,14 @@ def compare_configuration(found: Mapping[str, Any], namespace: str) -> Result:
                 differs = (
                     f"{name}: {field} is {_short(have.get(field))}, deploy/ has {_short(want.get(field))}"
                 )
-                (warnings if field == "failurePolicy" else problems).append(differs)
+                if field == "failurePolicy":
+                    warnings.append(differs)
+                    hints.append(
+                        "failurePolicy Ignore lets an annotated pod start without its sidecar while the "
+                        "webhook is down (deploy/README.md, 'failurePolicy'); apply deploy/ again for Fail"
+                    )
+                else:
+                    problems.append(differs)
         service = {k: v for k, v in (have.get("clientConfig") or {}).items() if k != "caBundle"}
         if service != {"service": want["clientConfig"]["service"]}:
             problems.append(
@@ -277,13 +293,7 @@ def compare_configuration(found: Mapping[str, Any], namespace: str) -> Result:
             "overlay that changes these must be kept in step with `sidecar-webhook check`",
         )
     if warnings:
-        return Result(
-            "",
-            "warn",
-            "; ".join(warnings),
-            "failurePolicy Ignore lets an annotated pod start without its sidecar while the webhook is down "
-            "(deploy/README.md, 'failurePolicy'); apply deploy/ again for Fail",
-        )
+        return Result("", "warn", "; ".join(warnings), "; ".join(dict.fromkeys(hints)))
     return Result(
         "",
         "ok",
