@@ -173,13 +173,12 @@ def test_the_file_mode_with_your_own_secret_is_the_bring_your_own_certs_overlay_
     assert differences(objects, kustomized(DEPLOY / "overlays" / "bring-your-own-certs")) == []
 
 
-def test_the_cert_manager_mode_is_the_cert_manager_overlay() -> None:
-    assert (
-        differences(
-            template("certificates.mode=cert-manager"), kustomized(DEPLOY / "overlays" / "cert-manager")
-        )
-        == []
-    )
+@pytest.mark.parametrize(
+    ("value", "overlay"),
+    [("certificates.mode=cert-manager", "cert-manager"), ("networkPolicy.enabled=true", "network-policy")],
+)
+def test_a_value_renders_what_its_kustomize_overlay_does(value: str, overlay: str) -> None:
+    assert differences(template(value), kustomized(DEPLOY / "overlays" / overlay)) == []
 
 
 def test_the_cert_manager_mode_with_an_issuer_of_yours_makes_no_ca_and_issues_from_yours() -> None:
@@ -195,15 +194,6 @@ def test_the_cert_manager_mode_with_an_issuer_of_yours_makes_no_ca_and_issues_fr
         "name": "corporate",
         "kind": "ClusterIssuer",
     }
-
-
-def test_the_network_policy_is_the_network_policy_overlay() -> None:
-    assert (
-        differences(
-            template("networkPolicy.enabled=true"), kustomized(DEPLOY / "overlays" / "network-policy")
-        )
-        == []
-    )
 
 
 def test_the_pod_monitor_alerts_and_dashboard_are_deploy_monitoring() -> None:
