@@ -109,22 +109,51 @@ def log_directory(pod: dict[str, Any], container: str) -> Path:
     return POD_LOGS / f"{meta['namespace']}_{meta['name']}_{meta['uid']}" / container
 
 
+def log_files(directory: Path) -> list[Path]:
+    """A container's log files as the kubelet keeps them, oldest first: `0.log` being written, the older ones
+    named by when they were rotated (at 10 MiB) and then gzipped. The kubelet writes a `.tmp`, renames it
+    `.gz`, then removes the plain file, so for a moment both hold the same lines: the plain one is read."""
+    files: dict[str, Path] = {}
+    for file in directory.iterdir():
+        stem = file.name.removesuffix(".gz")
+        if not file.name.endswith(".tmp") and (stem not in files or stem == file.name):
+            files[stem] = file
+    return [files[stem] for stem in sorted(files, key=lambda stem: (stem == "0.log", stem))]
+
+
 def container_log(directory: Path) -> list[tuple[datetime, bytes]]:
-    """A container's log as the node keeps it, rotated files included (the kubelet rotates at 10 MiB, the
-    older files gzipped): (the time containerd got the line, the line). CRI records are `TIME STREAM TAG
-    TEXT`, tag P for a part of a longer line; a part never completed (a cut line) comes last as it is."""
-    files = sorted(directory.iterdir(), key=lambda f: (f.name == "0.log", f.name.removesuffix(".gz")))
-    out: list[tuple[datetime, bytes]] = []
-    part, stamp = b"", b""
-    for file in files:
-        data = gzip.decompress(file.read_bytes()) if file.name.endswith(".gz") else file.read_bytes()
-        for record in data.splitlines():
-            stamp, _, tag, text = [*record.split(b" ", 3), b""][:4]
-            part += text
-            if tag == b"F":
-                out.append((datetime.fromisoformat(stamp.decode()), part))
-                part = b""
-    return [*out, (datetime.fromisoformat(stamp.decode()), part)] if part else out
+    """A container's log as the node keeps it, rotated files included: (the time containerd got the line,
+    the line). CRI records are `TIME STREAM TAG TEXT`, tag P for a part of a longer line; a part never
+    completed (a cut line) comes last as it is."""
+
+    def read() -> list[tuple[datetime, bytes]] | None:
+        out: list[tuple[datetime, bytes]] = []
+        part, stamp = b"", datetime.min
+        for file in log_files(directory):
+            try:
+                data = gzip.decompress(file.read_bytes()) if file.name.endswith(".gz") else file.read_bytes()
+            except FileNotFoundError:  # rotated or compressed since it was listed: list again
+                return None
+            for stamp, tag, text in map(cri_record, complete_lines(data)):
+                part += text
+                if tag == b"F":
+                    out.append((stamp, part))
+                    part = b""
+        return [*out, (stamp, part)] if part else out
+
+    return wait_for(read, f"a read of {directory} between two rotations", timeout=60)
+
+
+def complete_lines(data: bytes) -> list[bytes]:
+    """The lines of a log file read while containerd writes to it: a record it has begun but not yet
+    finished (no newline yet) is left for the next read."""
+    return data[: data.rfind(b"\n") + 1].splitlines()
+
+
+def cri_record(line: bytes) -> tuple[datetime, bytes, bytes]:
+    """One CRI log record, `TIME STREAM TAG TEXT`: (the time, the tag, the text; empty for an empty line)."""
+    stamp, _, tag, text = [*line.split(b" ", 3), b""][:4]
+    return datetime.fromisoformat(stamp.decode()), tag, text
 
 
 def records(pod: dict[str, Any], container: str) -> list[tuple[datetime, bytes]]:
@@ -132,21 +161,20 @@ def records(pod: dict[str, Any], container: str) -> list[tuple[datetime, bytes]]
 
 
 def last_record(pod: dict[str, Any], container: str) -> tuple[datetime, bytes] | None:
-    """The newest line of the container's log, read from the end of the newest file that has one (the
-    kubelet may have just rotated the current file away)."""
-    files = [
-        f
-        for f in log_directory(pod, container).glob("0.log*")
-        if not f.name.endswith(".gz") and f.stat().st_size
-    ]
-    if not files:
+    """The newest complete line of the container's log, read from the end of the newest plain file that
+    has one (the kubelet may have just rotated the current file away); None until there is one."""
+    try:
+        plain = [f for f in log_files(log_directory(pod, container)) if not f.name.endswith(".gz")]
+        newest = next(f for f in reversed(plain) if f.stat().st_size)
+        with newest.open("rb") as log:
+            log.seek(max(0, newest.stat().st_size - 4096))
+            lines = complete_lines(log.read())
+    except (FileNotFoundError, StopIteration):  # not started yet, or rotated since it was listed
         return None
-    newest = max(files, key=lambda f: (f.name == "0.log", f.name))
-    with newest.open("rb") as log:
-        log.seek(max(0, newest.stat().st_size - 4096))
-        lines = log.read().splitlines()
-    stamp, _, _, text = [*lines[-1].split(b" ", 3), b""][:4]
-    return datetime.fromisoformat(stamp.decode()), text
+    if not lines:
+        return None
+    stamp, _, text = cri_record(lines[-1])
+    return stamp, text
 
 
 def sidecar_shell(pod: dict[str, Any]) -> int:
