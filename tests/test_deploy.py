@@ -1094,11 +1094,12 @@ def test_install_script_is_valid_bash() -> None:
     assert (result.returncode, result.stderr) == (0, "")
 
 
-def test_install_script_passes_shellcheck() -> None:
+@pytest.mark.parametrize("script", [SCRIPT, ROOT / ".ci" / "run"], ids=lambda p: p.name)
+def test_shell_scripts_pass_shellcheck(script: Path) -> None:
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
-        pytest.skip("shellcheck is not installed (apt-get install shellcheck); CI installs pip packages only")
-    result = subprocess.run([shellcheck, str(SCRIPT)], capture_output=True, text=True, check=False)
+        pytest.skip("shellcheck is not installed (Debian: apt-get install shellcheck; .ci/run installs it)")
+    result = subprocess.run([shellcheck, str(script)], capture_output=True, text=True, check=False)
     assert (result.returncode, result.stdout) == (0, "")
 
 
