@@ -1,7 +1,8 @@
-"""The Helm chart on a real cluster, in a namespace of its choosing: `helm install`, `helm test`,
-`sidecar-webhook check` against the release, `helm upgrade` while pods are created (none refused, the new
-values in force after it), and `helm uninstall` leaving nothing. The tests run in that order, after every
-other end-to-end test (conftest.py): Helm will not take over the objects of the kustomize install."""
+"""The Helm chart on a real cluster: a kustomize install taken over in place while pods are created; then,
+in a namespace of its choosing, `helm install`, `helm test`, `sidecar-webhook check` against the release,
+`helm upgrade` while pods are created (none refused, the new values in force after it), and `helm
+uninstall` leaving nothing. The tests run in that order, after every other end-to-end test (conftest.py):
+the release has the kustomize install's cluster-wide objects, which Helm takes over only when told to."""
 
 import base64
 import json
@@ -16,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from tests.e2e.cluster import MEASURED, ROOT, get, install, kubectl, wait_for
+from tests.e2e.cluster import MEASURED, NAMESPACE, ROOT, get, install, kubectl, wait_for, webhook_pods
 from tests.e2e.test_check import check
 from tests.e2e.test_on_a_node import assert_all_injected, create_pods_until, restart_finished
 
@@ -34,17 +36,19 @@ CLUSTER_WIDE = (
 HOW_TO_GET_HELM = "the kit's: export PATH=$(bash ../shared/kube/helm.sh | tail -1):$PATH"
 
 
-def helm_command(*args: str) -> list[str]:
+def helm_command(*args: str, namespace: str = RELEASE_NAMESPACE) -> list[str]:
     """A helm call on the release's namespace and KUBE_CONTEXT (as deploy/install.sh)."""
     found = shutil.which("helm")
     if found is None:
         pytest.fail(f"the chart's tests need helm on PATH ({HOW_TO_GET_HELM})")
     context = os.environ.get("KUBE_CONTEXT")
-    return [found, *args, "--namespace", RELEASE_NAMESPACE, *(["--kube-context", context] if context else [])]
+    return [found, *args, "--namespace", namespace, *(["--kube-context", context] if context else [])]
 
 
-def helm(*args: str, timeout: float = 300) -> str:
-    done = subprocess.run(helm_command(*args), capture_output=True, text=True, timeout=timeout, check=False)
+def helm(*args: str, timeout: float = 300, namespace: str = RELEASE_NAMESPACE) -> str:
+    done = subprocess.run(
+        helm_command(*args, namespace=namespace), capture_output=True, text=True, timeout=timeout, check=False
+    )
     print(f"$ helm {' '.join(args)}", done.stdout, done.stderr, sep="\n")
     assert done.returncode == 0, f"helm {' '.join(args)} exited {done.returncode}:\n{done.stderr}"
     return done.stdout
@@ -67,7 +71,7 @@ def release(image: None) -> Iterator[str]:
 
 
 @pytest.fixture
-def apps(release: str) -> Iterator[str]:
+def apps(image: None) -> Iterator[str]:
     """A namespace for the test's pods; the suite's `namespace` fixture would install deploy/ first."""
     name = f"e2e-helm-{uuid.uuid4().hex[:5]}"
     kubectl("create", "namespace", name)
@@ -91,6 +95,56 @@ def dry_run_annotated_pod(namespace: str) -> dict[str, Any]:
         )
     )
     return created
+
+
+def the_webhook_as_it_runs(namespace: str) -> dict[str, Any]:
+    """What an adoption must not change: the replicas (a restart would be a rollout), the certificates they
+    serve and the caBundle that trusts them."""
+    return {
+        "replicas": sorted(p["metadata"]["uid"] for p in webhook_pods(namespace)),
+        "certificates": get("-n", namespace, "secret", "sidecar-webhook-certs")["data"],
+        "caBundles": [
+            h["clientConfig"]["caBundle"]
+            for h in get("mutatingwebhookconfiguration", "sidecar-webhook")["webhooks"]
+        ],
+    }
+
+
+def kinds_and_names(manifests: str) -> set[tuple[str, str]]:
+    return {(o["kind"], o["metadata"]["name"]) for o in yaml.safe_load_all(manifests) if o}
+
+
+def test_helm_takes_over_a_kustomize_install_in_place_with_no_pod_refused(apps: str) -> None:
+    """The chart README's `helm upgrade --install --take-ownership --force-conflicts` over `kubectl apply -k
+    deploy/`, while annotated pods are created: none refused, the same replicas serving the same
+    certificates after it, every object but the namespace the release's; `helm uninstall` then removes them
+    as for any release."""
+    install("apply")
+    before = the_webhook_as_it_runs(NAMESPACE)
+    adopt = ["upgrade", "--install", RELEASE, str(CHART), "--take-ownership", "--force-conflicts", "--wait"]
+    started = time.monotonic()
+    with subprocess.Popen(
+        helm_command(*adopt, namespace=NAMESPACE), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as adoption:
+        created, failures = create_pods_until(lambda: adoption.poll() is not None, apps, "during-adoption-")
+        output = adoption.communicate()[0]
+    MEASURED["helm taking over the kustomize install, s"] = time.monotonic() - started
+    MEASURED["pods created during the takeover"] = created
+    assert adoption.returncode == 0, output
+    assert failures == []
+    assert_all_injected(apps, created)
+    assert the_webhook_as_it_runs(NAMESPACE) == before, "no replica restarted, the certificates kept"
+
+    kustomized = kubectl("kustomize", str(ROOT / "deploy"))
+    released = helm("get", "manifest", RELEASE, namespace=NAMESPACE)
+    assert kinds_and_names(released) == kinds_and_names(kustomized) - {("Namespace", NAMESPACE)}
+    for live in json.loads(kubectl("get", "-o", "json", "-f", "-", stdin=released))["items"]:
+        assert live["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm", live["metadata"]["name"]
+        assert live["metadata"]["annotations"]["meta.helm.sh/release-namespace"] == NAMESPACE
+
+    helm("uninstall", RELEASE, "--wait", "--timeout", "3m", namespace=NAMESPACE)
+    assert kubectl("get", CLUSTER_WIDE, "-l", "app.kubernetes.io/name=sidecar-webhook", "-o", "name") == ""
+    install("down")  # the namespace, which stays kustomize's
 
 
 def test_helm_test_passes_an_annotated_dry_run_pod_comes_back_injected(release: str) -> None:
