@@ -333,6 +333,71 @@ def test_an_app_that_never_stops_writing_keeps_a_stopping_sidecar_only_a_few_sec
     assert lines == numbered(0, len(lines))
 
 
+def test_idle_rounds_fork_nothing_but_every_tenth(log: Path, state: Path) -> None:
+    """An idle sidecar's cost is its forks (busybox forks and re-executes itself for each `cat`): idle rounds
+    run none, only every 10th round reads whatever the mtime says. Seen by strace attached to the shell:
+    its rounds (each reads /proc/self/fdinfo/3 twice) and the `cat`s it executes."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed (Debian: apt-get install strace; .ci/run installs it)")
+    append(log, ["first"])
+    trace = log.with_name("trace")
+    with following(log, state) as sidecar:
+        sidecar.wait_for_line("first")
+        command = [
+            strace,
+            "-f",
+            "-e",
+            "trace=execve,openat",
+            "-o",
+            str(trace),
+            "-p",
+            str(sidecar.process.pid),
+        ]
+        with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as tracer:
+            assert tracer.stderr is not None
+            assert "attached" in tracer.stderr.readline(), "strace could not attach to the sidecar's shell"
+
+            def traced() -> tuple[int, int]:
+                calls = trace.read_text().splitlines()
+                return sum('"/proc/self/fdinfo/3"' in c for c in calls) // 2, sum(
+                    '["cat"]' in c for c in calls
+                )
+
+            deadline = time.monotonic() + 3 * BOUND_SECONDS
+            while (rounds_and_cats := traced())[0] < 12:
+                assert time.monotonic() < deadline, f"the sidecar made {rounds_and_cats[0]} rounds"
+                time.sleep(0.2)
+            tracer.terminate()
+        sidecar.stop()
+    rounds, cats = rounds_and_cats
+    print(f"{cats} cat(s) in {rounds} idle rounds")
+    assert cats <= rounds // 10 + 1
+    assert sidecar.lines() == ["first"]
+
+
+def test_a_write_whose_mtime_looks_old_is_still_printed_and_at_once_when_stopping(
+    log: Path, state: Path
+) -> None:
+    """Idle rounds trust the file's mtime. A write they cannot see that way (timed before a round's `cat` but
+    visible only after it, or on a volume whose clock lags) is printed by the `cat` of every 10th round,
+    and at once by the rounds after SIGTERM."""
+    long_ago = time.time() - 3600
+    append(log, ["first"])
+    with following(log, state) as sidecar:
+        sidecar.wait_for_line("first")
+        append(log, numbered(0, 100))
+        os.utime(log, (long_ago, long_ago))
+        started = time.monotonic()
+        sidecar.wait_for_line("line 99")
+        print(f"a write timed an hour ago printed {time.monotonic() - started:.1f} s later")
+        append(log, numbered(100, 200))
+        os.utime(log, (long_ago, long_ago))
+        sidecar.stop()
+    assert sidecar.process.returncode == 0
+    assert sidecar.lines() == ["first", *numbered(0, 200)]
+
+
 def test_two_sidecars_of_one_pod_share_the_state_volume_without_mixing(tmp_path: Path, state: Path) -> None:
     files = [tmp_path / "logs" / name for name in ("a.log", "b.log")]
     (tmp_path / "logs").mkdir(exist_ok=True)

@@ -24,8 +24,13 @@ NO_TOKEN_VOLUME = "sidecar-no-token"
 #
 # How it follows, once a second (latency ~0.5 s, as tail's), like Fluent Bit's tail and Vector's file:
 # - fd 3 holds the file; `cat <&3` prints what was added since the last round and moves fd 3's offset,
-#   which /proc/self/fdinfo/3 reads back without a fork. One fork a round is its whole idle cost: the
-#   pause is `read -t` on a FIFO nobody writes (fd 5), the checks are the shell's own builtins.
+#   which /proc/self/fdinfo/3 reads back without a fork. The pause is `read -t` on a FIFO nobody writes
+#   (fd 5), the checks are the shell's own builtins: `cat` is the only fork.
+# - Idle rounds fork nothing: `cat` runs when the file's mtime is not older than "$2.m", rewritten just
+#   before each `cat` (whole seconds, as busybox's `-nt` compares them; a write in the same second counts
+#   as new). A write already timed but not yet visible to that `cat`, or a file on a volume whose clock
+#   lags, is caught by the `cat` that runs every 10th round whatever the mtime, and by every round once
+#   stopping: at worst ~10 s late, never lost.
 # - Truncation: the file's first line (up to 255 bytes) is its fingerprint. When the first line is no
 #   longer that (copytruncate, `: > file`, a rewrite), even if the file grew past the old offset within
 #   the round, fd 3 goes back to the start. A file rewritten with the very same first line, and lines
@@ -44,7 +49,7 @@ NO_TOKEN_VOLUME = "sidecar-no-token"
 #   grace period of 30 s: the kubelet never has to kill it mid-line.
 # - Nothing of its own on stderr, which `kubectl logs` would show among the app's lines.
 FOLLOW_SCRIPT = """\
-f=$1 s=$2 i= fp= old= q=
+f=$1 s=$2 i= fp= old= q= o= r=0
 exec 2>/dev/null
 trap 'q=${q:-1}' TERM INT
 mkfifo "$s.t"
@@ -52,7 +57,7 @@ mkfifo "$s.t"
 nap() { if [ -p "$s.t" ]; then read -t $1 z <&5; else sleep $1; fi; }
 at() { read -r z p </proc/self/fdinfo/$1; }
 line1() { IFS= read -r -n 255 h </proc/self/fd/3; }
-open() { command exec 3<"$f" && set -- $(stat -L -c '%i %s' /proc/self/fd/3) && i=$1 z=$2 fp=; }
+open() { command exec 3<"$f" && set -- $(stat -L -c '%i %s' /proc/self/fd/3) && i=$1 z=$2 fp= o=1; }
 if [ -r "$f" ] && open && { read -r si sp && IFS= read -r sf; } <"$s" && [ "$si" = "$i" ] &&
   [ "$sp" -le "$z" ] && { [ -z "$sf" ] || { line1 && [ "$h" = "$sf" ]; }; }; then
   dd bs=1 skip="$sp" count=0 <&3
@@ -70,8 +75,12 @@ while :; do
     if [ "$p" != "$a" ]; then m=1 n=0; elif [ $((n += 1)) -ge 5 ]; then exec 4<&-; old=; fi
   fi
   if [ -n "$i" ]; then
-    [ -n "$fp" ] && ! { line1 && [ "$h" = "$fp" ]; } && exec 3</proc/self/fd/3 && fp=
-    at 3; a=$p; cat <&3; at 3
+    [ -n "$fp" ] && ! { line1 && [ "$h" = "$fp" ]; } && exec 3</proc/self/fd/3 && fp= o=1
+    at 3; a=$p
+    if [ -n "$q$o" ] || [ $((r += 1)) -ge 10 ] || ! [ "$s.m" -nt /proc/self/fd/3 ]; then
+      true >"$s.m"; o= r=0; cat <&3
+    fi
+    at 3
     [ -z "$fp" ] && line1 && fp=$h
     [ "$p" != "$a" ] && m=1 && printf '%s %s\\n%s\\n' "$i" "$p" "$fp" >"$s"
   fi
@@ -83,10 +92,16 @@ done
 FOLLOW = ("sh", "-c", FOLLOW_SCRIPT, "log-sidecar")
 # What earlier versions of this webhook ran. Pods they injected are still in clusters: the engine must
 # recognise their sidecars too, or it would inject a second one when such a pod is re-admitted.
-# `tail -n +1 -F FILE` first; then `sh -c SCRIPT log-sidecar FILE`, a script kept here by its SHA-256
-# (the one of commit 7dddbb4, which trapped SIGTERM around tail).
+# `tail -n +1 -F FILE` first; then `sh -c SCRIPT log-sidecar FILE [STATE]`, scripts kept here by their
+# SHA-256 (tests/fixtures/earlier-sidecars.json has them whole): the one of commit 7dddbb4, which trapped
+# SIGTERM around tail, and the first to follow the file itself (4e0cd34), which ran `cat` every round.
 LEGACY_FOLLOW = ("tail", "-n", "+1", "-F")
-_EARLIER_SCRIPTS = frozenset({"bd62e1ed8e1ce2588584090584f74c38a7afa4bba58aab30be7955630f38ad95"})
+_EARLIER_SCRIPTS = frozenset(
+    {
+        "bd62e1ed8e1ce2588584090584f74c38a7afa4bba58aab30be7955630f38ad95",
+        "62ad9ed22134b5d7859dd6df0a069475a8a45da5ae08734485e45a950c098d50",
+    }
+)
 
 
 def security_context(identity: Identity) -> dict[str, Any]:
@@ -120,7 +135,7 @@ def followed_file(command: Sequence[str] | None) -> str | None:
         return command[4]
     if tuple(command[:-1]) == LEGACY_FOLLOW:
         return command[-1]
-    earlier = len(command) == 5 and command[3] == FOLLOW[3] and tuple(command[:2]) == FOLLOW[:2]
+    earlier = len(command) in (5, 6) and command[3] == FOLLOW[3] and tuple(command[:2]) == FOLLOW[:2]
     if earlier and hashlib.sha256(command[2].encode()).hexdigest() in _EARLIER_SCRIPTS:
         return command[4]
     return None
