@@ -167,8 +167,10 @@ def last_record(pod: dict[str, Any], container: str) -> tuple[datetime, bytes] |
         plain = [f for f in log_files(log_directory(pod, container)) if not f.name.endswith(".gz")]
         newest = next(f for f in reversed(plain) if f.stat().st_size)
         with newest.open("rb") as log:
-            log.seek(max(0, newest.stat().st_size - 4096))
-            lines = complete_lines(log.read())
+            # 32 KiB: more than two whole records (containerd splits lines at 16 KiB), whatever line the
+            # read begins in the middle of.
+            start = log.seek(max(0, newest.stat().st_size - 32768))
+            lines = complete_lines(log.read())[1 if start else 0 :]
     except (FileNotFoundError, StopIteration):  # not started yet, or rotated since it was listed
         return None
     if not lines:

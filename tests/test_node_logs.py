@@ -62,10 +62,12 @@ def test_the_last_record_is_the_newest_complete_line(tmp_path: Path, monkeypatch
     assert last_record(POD, "log-app") is None, "an empty file: nothing yet"
     (directory / "0.log").write_bytes(b"2026-12-02T05:00:01.0")
     assert last_record(POD, "log-app") is None, "only a record being written"
-    earlier = b"x" * 5000 + b"\n" + record(1, "one")
+    earlier = b"x" * 40000 + b"\n" + record(1, "one")
     (directory / "0.log").write_bytes(earlier + record(2, "two") + b"2026-12-0")
     assert last_record(POD, "log-app") == (datetime.fromisoformat("2026-12-02T05:00:02+00:00"), b"two")
     (directory / "0.log").rename(directory / "0.log.20261202-050010")
     (directory / "0.log.20261202-050000.gz").write_bytes(gzip.compress(record(0, "zero")))
+    longest = record(1, "x" * 16384, "P") + record(1, "y" * 16384, "P")  # containerd's parts of a longer line
+    (directory / "0.log.20261202-050010").write_bytes(earlier + longest + record(2, "two"))
     just_rotated = last_record(POD, "log-app")  # no 0.log yet: the newest plain file
     assert just_rotated == (datetime.fromisoformat("2026-12-02T05:00:02+00:00"), b"two")
