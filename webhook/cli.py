@@ -194,6 +194,8 @@ def _parser() -> argparse.ArgumentParser:
         default="text",
         help="json: a list of {check, status, message, hint}",
     )
+    # The names are check.SLUGS, written out: importing webhook.check here would slow every `serve` start
+    # (tests/test_cli.py holds the two equal).
     doctor.add_argument(
         "--only",
         action="append",
